@@ -1,0 +1,1 @@
+"""Sub-commands of ``kml``, one module per area."""

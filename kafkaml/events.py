@@ -1,0 +1,136 @@
+"""CloudEvent types and the Flask <-> CloudEvents binding (cloudevents 2.x, binary and structured)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.exceptions import CloudEventValidationError
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from kafkaml.errors import BadRequest, InvalidEvent
+
+# -- event types (DESIGN.md "Events") ---------------------------------------------------------
+KAFKA_EVENT = "dev.knative.kafka.event"
+MODEL_REGISTER = "kml.model.register"
+MODEL_REGISTERED = "kml.model.registered"
+CONFIGURATION_CREATE = "kml.configuration.create"
+CONFIGURATION_CREATED = "kml.configuration.created"
+DEPLOYMENT_CREATE = "kml.deployment.create"
+DEPLOYMENT_CREATED = "kml.deployment.created"
+INFERENCE_CREATE = "kml.inference.create"
+INFERENCE_CREATED = "kml.inference.created"
+TRAINING_REQUEST = "kml.training.request"
+TRAINING_ACCEPTED = "kml.training.accepted"
+TRAINING_PROGRESS = "kml.training.progress"
+TRAINING_COMPLETED = "kml.training.completed"
+TRAINING_FAILED = "kml.training.failed"
+INFERENCE_REQUEST = "kml.inference.request"
+INFERENCE_RESPONSE = "kml.inference.response"
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+
+class _BodyAsIs(JSONFormat):
+    """JSON format that leaves a binary-mode body as the bytes it arrived as."""
+
+    def read_data(self, body: bytes, datacontenttype: str | None):
+        return bytes(body) if body else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """A received or outgoing CloudEvent: attributes plus data (bytes in binary mode)."""
+
+    type: str
+    source: str
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    data: Any = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.attributes.get(name, default)
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        core = {"type", "source", "id", "specversion", "time", "subject",
+                "datacontenttype", "dataschema"}
+        return {k: v for k, v in self.attributes.items() if k not in core}
+
+    def body_bytes(self) -> bytes:
+        if self.data is None:
+            return b""
+        if isinstance(self.data, (bytes, bytearray)):
+            return bytes(self.data)
+        if isinstance(self.data, str):
+            return self.data.encode()
+        return json.dumps(self.data).encode()
+
+    def json(self) -> Any:
+        """The data as JSON; a body that is not JSON is a 400 naming the problem."""
+        if isinstance(self.data, (dict, list)):
+            return self.data
+        raw = self.body_bytes()
+        if not raw:
+            raise BadRequest(f"event {self.type} has no data", event_id=self.id)
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"event data is not valid JSON: {e}", event_id=self.id) from None
+
+    def to_cloudevent(self) -> CloudEvent:
+        attrs = {"specversion": "1.0", **self.attributes, "type": self.type,
+                 "source": self.source, "id": self.id}
+        attrs.setdefault("time", datetime.now(UTC))
+        if isinstance(self.data, (dict, list)):
+            attrs.setdefault("datacontenttype", "application/json")
+        return CloudEvent(attrs, self.data)
+
+
+def parse_http(headers: dict[str, str], body: bytes) -> Event:
+    """Parse an HTTP request in binary or structured content mode; bad input is ``InvalidEvent``."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    binary = any(k.startswith("ce-") for k in lowered)
+    structured = lowered.get("content-type", "").split(";")[0].strip() == STRUCTURED_CONTENT_TYPE
+    if not binary and not structured:
+        raise InvalidEvent(
+            "not a CloudEvent: send ce-* headers (binary mode) or "
+            f"Content-Type: {STRUCTURED_CONTENT_TYPE} (structured mode)"
+        )
+    if binary and "ce-type" not in lowered:
+        raise InvalidEvent("CloudEvent has no type (missing ce-type header)")
+    message = ce_http.HTTPMessage(headers=dict(lowered), body=body)
+    try:
+        if binary:
+            ce = ce_http.from_binary(message, _BodyAsIs())
+        else:
+            ce = ce_http.from_structured(message, JSONFormat())
+    except CloudEventValidationError as e:
+        raise InvalidEvent(f"invalid CloudEvent: {e}") from None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        raise InvalidEvent(f"CloudEvent does not parse: {type(e).__name__}: {e}") from None
+    attrs = dict(ce.get_attributes())
+    return Event(type=attrs.get("type", ""), source=attrs.get("source", ""),
+                 id=str(attrs.get("id", "")), data=ce.get_data(), attributes=attrs)
+
+
+def to_http(event: Event, structured: bool = False) -> tuple[dict[str, str], bytes]:
+    """Headers and body for sending ``event``; binary mode unless ``structured``."""
+    ce = event.to_cloudevent()
+    msg = ce_http.to_structured(ce, JSONFormat()) if structured else ce_http.to_binary(ce, JSONFormat())
+    return dict(msg.headers), msg.body
+
+
+def new_event(type_: str, source: str, data: Any, **extensions: Any) -> Event:
+    return Event(type=type_, source=source, data=data, attributes=dict(extensions))
+
+
+def to_kafka_structured(event: Event) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Value and headers to publish ``event`` on a Kafka topic in structured mode."""
+    headers, body = to_http(event, structured=True)
+    return body, [("content-type", STRUCTURED_CONTENT_TYPE.encode())]

@@ -1,0 +1,110 @@
+"""One settings object, built once from the environment (prefix ``KML_``).
+
+Functions receive a ``Settings`` at app creation; nothing below reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "KML_"
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "kml")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the project. The environment variable is ``KML_`` + the upper-cased name."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    """Kafka bootstrap servers the functions, the bridge and the CLI connect to."""
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    """S3-compatible endpoint (MinIO) holding the registry and the artifacts."""
+    s3_access_key: str = "kmladmin"
+    """S3 access key (MinIO root user for the local stack)."""
+    s3_secret_key: str = field(default="kmladmin-secret", repr=False)
+    """S3 secret key. Never logged, never in an error body."""
+    s3_region: str = "us-east-1"
+    """Region name sent to the S3 endpoint."""
+    bucket: str = "kml"
+    """The one bucket holding models, configurations, deployments, datasources, runs."""
+    control_topic: str = "kml-control"
+    """Topic of Kafka-ML control messages (triggers training)."""
+    models_topic: str = "kml-models"
+    """Topic of register CloudEvents."""
+    results_topic: str = "kml-results"
+    """Topic of training progress / completed / failed events."""
+    dlq_topic: str = "kml-dlq"
+    """Dead-letter topic: records that could not be processed, with the reason."""
+    namespace: str = "default"
+    """Kubernetes namespace the functions run in (used in event sources and manifests)."""
+    max_body_bytes: int = 32 * 1024 * 1024
+    """Largest request body a function accepts (413 above)."""
+    request_timeout_s: float = 600.0
+    """Knative's request timeout; training that cannot fit must use the JobSink route."""
+    kafka_timeout_s: float = 30.0
+    """Bound on every Kafka wait (metadata, watermarks, delivery confirmation)."""
+    inference_id: str = ""
+    """The inference deployment an infer process serves."""
+    model_cache_dir: str = field(default_factory=lambda: str(Path(_default_cache_dir()) / "models"))
+    """Local cache of trained models downloaded by infer."""
+    state_dir: str = ".kml"
+    """Local stack: data, logs and PID files (git-ignored)."""
+    cache_dir: str = field(default_factory=_default_cache_dir)
+    """Local stack: downloaded Kafka jars and the built MinIO binary (outside the repository)."""
+    kafka_port: int = 9092
+    """Local stack: the broker's PLAINTEXT listener."""
+    kafka_controller_port: int = 9093
+    """Local stack: the KRaft controller listener."""
+    minio_port: int = 9000
+    """Local stack: the MinIO S3 API."""
+    minio_console_port: int = 9001
+    """Local stack: the MinIO console."""
+    register_port: int = 8081
+    """Local stack: the register function."""
+    train_port: int = 8082
+    """Local stack: the train function."""
+    infer_port: int = 8090
+    """Local stack: the first port given to locally deployed inference services."""
+    log_level: str = "INFO"
+    """Log level of the functions."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build from ``KML_*`` variables; a value that does not parse fails at once, naming it."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(getattr(_DEFAULTS, f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(
+                    f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}"
+                ) from None
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``KML_*`` variables that rebuild these settings in a child process."""
+        return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+    @property
+    def s3_credentials(self) -> dict[str, str]:
+        return {"aws_access_key_id": self.s3_access_key, "aws_secret_access_key": self.s3_secret_key}
+
+
+_DEFAULTS = Settings()
