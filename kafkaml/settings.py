@@ -55,6 +55,10 @@ class Settings:
     """The inference deployment an infer process serves."""
     model_cache_dir: str = field(default_factory=lambda: str(Path(_default_cache_dir()) / "models"))
     """Local cache of trained models downloaded by infer."""
+    infer_max_batch: int = 256
+    """Infer: most rows the micro-batcher puts into one model call."""
+    infer_batch_wait_ms: float = 2.0
+    """Infer: how long the micro-batcher waits for more requests before calling the model."""
     state_dir: str = ".kml"
     """Local stack: data, logs and PID files (git-ignored)."""
     cache_dir: str = field(default_factory=_default_cache_dir)
