@@ -1,0 +1,283 @@
+"""Kafka I/O: an exact offset-range reader, a producer that confirms every delivery, topic helpers.
+
+Every wait is bounded by ``timeout_s``. An unreachable broker is ``Unavailable`` (503, retried);
+a range the broker does not hold (deleted by retention, end beyond the high watermark, unknown
+topic or partition) is ``OffsetRangeUnavailable`` (422: the sender's problem, not retried).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from kafkaml.errors import PayloadTooLarge, Unavailable, ValidationFailed
+from kafkaml.events import Event, to_kafka_structured
+from kafkaml.wire import OffsetRange
+
+log = logging.getLogger("kml.kafka")
+_OUT_OF_RANGE = {KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET}
+
+
+class OffsetRangeUnavailable(ValidationFailed):
+    """The broker does not hold (all of) a requested offset range; ``problems`` names each."""
+
+    kind = "offset_range_unavailable"
+
+
+@dataclass
+class RangeRecords:
+    """Values and keys of every range, in range order then offset order."""
+
+    values: list[bytes] = field(default_factory=list)
+    keys: list[bytes | None] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def _unavailable(bootstrap: str, what: str, e: Exception) -> Unavailable:
+    reason = e.args[0].str() if e.args and isinstance(e.args[0], KafkaError) else type(e).__name__
+    return Unavailable(f"Kafka at {bootstrap} unreachable while {what}: {reason}")
+
+
+def _reader(bootstrap: str, config: dict[str, Any] | None) -> Consumer:
+    return Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "kml-range-reader",  # never subscribes nor commits: assign only
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        "auto.offset.reset": "error",
+        "socket.timeout.ms": 10000,
+        **(config or {}),
+    })
+
+
+def check_ranges(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange],
+                 timeout_s: float) -> None:
+    """Every range inside its partition's current low/high watermarks, or one error naming each."""
+    problems: list[str] = []
+    try:
+        md = consumer.list_topics(timeout=timeout_s)
+        for r in ranges:
+            topic = md.topics.get(r.topic)
+            if topic is None or topic.error is not None:
+                problems.append(f"{r}: topic {r.topic!r} does not exist")
+                continue
+            if r.partition not in topic.partitions:
+                problems.append(f"{r}: topic {r.topic!r} has no partition {r.partition}")
+                continue
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(r.topic, r.partition), timeout=timeout_s, cached=False)
+            if r.start < low:
+                problems.append(f"{r}: offsets {r.start}..{low - 1} were deleted (retention); "
+                                f"the partition now starts at {low}")
+            if r.end > high:
+                problems.append(f"{r}: end {r.end} is beyond the high watermark {high} "
+                                f"(only offsets below {high} exist)")
+    except KafkaException as e:
+        raise _unavailable(bootstrap, "reading metadata", e) from None
+    if problems:
+        raise OffsetRangeUnavailable(f"offset ranges not available: {'; '.join(problems)}",
+                                     problems, ranges=[str(r) for r in ranges])
+
+
+def read_offset_ranges(bootstrap: str, ranges: Sequence[OffsetRange], *, timeout_s: float = 30.0,
+                       batch_size: int = 5000, config: dict[str, Any] | None = None
+                       ) -> RangeRecords:
+    """Read exactly the offsets ``[start, end)`` of each range (one pass, batched consume)."""
+    consumer = _reader(bootstrap, config)
+    try:
+        check_ranges(consumer, bootstrap, ranges, timeout_s)
+        return _read(consumer, bootstrap, ranges, timeout_s, batch_size)
+    finally:
+        consumer.close()
+
+
+def _read(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange], timeout_s: float,
+          batch_size: int) -> RangeRecords:
+    pending = {(r.topic, r.partition): r for r in ranges if r.count > 0}
+    got: dict[tuple[str, int], tuple[list[bytes], list[bytes | None]]] = {
+        k: ([], []) for k in pending}
+
+    def finish(key: tuple[str, int]) -> None:
+        pending.pop(key, None)
+        consumer.pause([TopicPartition(*key)])
+
+    consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in pending.values()])
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        if time.monotonic() > deadline:
+            missing = ", ".join(f"{r} (read {len(got[k][0])})" for k, r in pending.items())
+            raise Unavailable(f"Kafka at {bootstrap} sent nothing for {timeout_s:g}s; "
+                              f"unfinished ranges: {missing}")
+        try:
+            batch = consumer.consume(batch_size, timeout=1.0)
+        except KafkaException as e:
+            raise _unavailable(bootstrap, "reading records", e) from None
+        for msg in batch:
+            key = (msg.topic(), msg.partition())
+            r = pending.get(key)
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if r is not None and msg.offset() >= r.end:
+                        finish(key)
+                    continue
+                if err.code() in _OUT_OF_RANGE:
+                    raise OffsetRangeUnavailable(
+                        f"offset range {r or key} is no longer available: {err.str()}",
+                        [f"{r or key}: {err.str()}"])
+                if err.fatal() or not err.retriable():
+                    raise Unavailable(f"Kafka at {bootstrap}: {err.str()}")
+                continue
+            if r is None:
+                continue
+            offset = msg.offset()
+            if offset >= r.end:
+                finish(key)
+                continue
+            if offset < r.start:
+                continue
+            values, keys = got[key]
+            values.append(msg.value())
+            keys.append(msg.key())
+            if offset >= r.end - 1:
+                finish(key)
+        if batch:
+            deadline = time.monotonic() + timeout_s
+    out = RangeRecords()
+    for r in ranges:
+        values, keys = got.get((r.topic, r.partition), ([], []))
+        out.values += values
+        out.keys += keys
+        out.counts[str(r)] = len(values)
+    return out
+
+
+class ConfirmingProducer:
+    """A producer that waits for every delivery report and keeps each partition's offset span."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 30.0,
+                 config: dict[str, Any] | None = None) -> None:
+        self.bootstrap, self.timeout_s = bootstrap, timeout_s
+        self._producer = Producer({
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "message.timeout.ms": int(timeout_s * 1000),
+            "message.max.bytes": 16 * 1024 * 1024,
+            **(config or {}),
+        })
+        self._spans: dict[tuple[str, int], list[int]] = {}
+        self._errors: list[KafkaError] = []
+        self.delivered = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg) -> None:
+        if err is not None:
+            self._errors.append(err)
+            return
+        self.delivered += 1
+        span = self._spans.setdefault((msg.topic(), msg.partition()), [msg.offset(), msg.offset()])
+        span[0], span[1] = min(span[0], msg.offset()), max(span[1], msg.offset())
+
+    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
+                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None
+                ) -> None:
+        extra = {"partition": partition} if partition is not None else {}
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers,
+                                       on_delivery=self._on_delivery, **extra)
+                break
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"Kafka at {self.bootstrap} does not take records") from None
+                self._producer.poll(0.1)
+            except KafkaException as e:
+                raise _unavailable(self.bootstrap, f"producing to {topic}", e) from None
+        self._producer.poll(0)
+
+    def flush(self) -> None:
+        """Wait for every outstanding delivery; any failure raises (nothing is silently lost)."""
+        remaining = self._producer.flush(self.timeout_s)
+        if remaining:
+            raise Unavailable(f"{remaining} records not confirmed by Kafka at {self.bootstrap} "
+                              f"within {self.timeout_s:g}s")
+        if self._errors:
+            errors, self._errors = self._errors, []
+            first = errors[0]
+            if first.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                raise PayloadTooLarge(f"Kafka refused a record: {first.str()}")
+            raise Unavailable(f"Kafka at {self.bootstrap} refused {len(errors)} records: "
+                              f"{first.str()}")
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def ranges(self, topic: str | None = None) -> list[OffsetRange]:
+        """Offset ranges (end exclusive) spanned by the confirmed deliveries, by partition."""
+        return [OffsetRange(t, p, lo, hi + 1) for (t, p), (lo, hi) in sorted(self._spans.items())
+                if topic is None or t == topic]
+
+    def publish_event(self, topic: str, event: Event, key: str | None = None,
+                      wait: bool = True) -> None:
+        """A CloudEvent in structured mode; ``wait`` blocks until Kafka confirms it."""
+        value, headers = to_kafka_structured(event)
+        self.produce(topic, value, key.encode() if key else None, headers)
+        if wait:
+            self.flush()
+
+
+def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 30.0,
+                 config: dict[str, str] | None = None) -> None:
+    """Create ``topic`` unless it exists."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})],
+                                  request_timeout=timeout_s)
+    for fut in futures.values():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as e:
+            if e.args and e.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise _unavailable(bootstrap, f"creating topic {topic}", e) from None
+
+
+def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int, int]:
+    """The high watermark of every partition of ``topic`` (empty when it does not exist)."""
+    consumer = _reader(bootstrap, None)
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if md is None or md.error is not None:
+            return {}
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s,
+                                                  cached=False)[1] for p in md.partitions}
+    except KafkaException as e:
+        raise _unavailable(bootstrap, f"reading offsets of {topic}", e) from None
+    finally:
+        consumer.close()
+
+
+def follow(bootstrap: str, topic: str, start: dict[int, int], idle_timeout_s: float
+           ) -> Iterator[Any]:
+    """Records of ``topic`` from ``start`` offsets on; stops after ``idle_timeout_s`` of silence."""
+    consumer = _reader(bootstrap, {"enable.partition.eof": False})
+    try:
+        consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
+        last = time.monotonic()
+        while time.monotonic() - last < idle_timeout_s:
+            for msg in consumer.consume(500, timeout=0.5):
+                if msg.error() is None:
+                    last = time.monotonic()
+                    yield msg
+    finally:
+        consumer.close()

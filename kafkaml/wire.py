@@ -1,0 +1,294 @@
+"""Kafka-ML control messages: parse, validate (every problem at once), serialise.
+
+The record codecs (RAW, AVRO, JSON) live in ``kafkaml.codecs`` and are re-exported here, so
+``from kafkaml.wire import codec_for`` is the one import both sides of the wire use.
+
+Deployment id from the record key (documented rule, see ``deployment_id_from_key``):
+a key made only of ASCII decimal digits is that id ("7", "300"); any other single character is
+Kafka-ML's one-byte key and the id is its code point (``bytes([7])`` -> "7"); any other
+UTF-8 string of letters, digits, ``.``, ``_``, ``-`` is the id as is. A one-byte Kafka-ML id
+48..57 is therefore read as the digit it encodes, and ids 128..255 cannot pass Knative's
+``string`` key type (they are not UTF-8); use string ids there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from kafkaml.codecs import (
+    Codec,
+    InvalidControlMessage,
+    UndecodableRecord,
+    codec_for,
+    codec_problems,
+)
+
+__all__ = [
+    "Codec", "ControlMessage", "InvalidControlMessage", "OffsetRange", "UndecodableRecord",
+    "codec_for", "control_message_key", "deployment_id_from_key", "parse_control_message",
+    "to_control_message_bytes",
+]
+
+FORMATS = ("RAW", "AVRO", "JSON")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_REPLACEMENT = "\ufffd"
+
+
+@dataclass(frozen=True)
+class OffsetRange:
+    """Offsets ``start`` (inclusive) to ``end`` (exclusive) of one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.start}:{self.end}"
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    """A Kafka-ML control message (every field of the wire doc) plus the deployment id."""
+
+    deployment_id: str
+    topic: str
+    input_format: str
+    input_config: dict[str, Any] = field(default_factory=dict, hash=False)
+    validation_rate: float = 0.0
+    test_rate: float = 0.0
+    total_msg: int | None = None
+    description: str = ""
+    unsupervised_topic: str | None = None
+    dataset_restrictions: dict[str, Any] | str = field(default_factory=dict, hash=False)
+    incremental: bool = False
+
+    @cached_property
+    def ranges(self) -> tuple[OffsetRange, ...]:
+        """The offset ranges named by ``topic`` (already validated when parsed)."""
+        ranges, problems = parse_topic_ranges(self.topic)
+        if problems:
+            raise InvalidControlMessage("invalid control message", problems)
+        return ranges
+
+    @property
+    def record_count(self) -> int:
+        return sum(r.count for r in self.ranges)
+
+    def body(self) -> dict[str, Any]:
+        """The JSON value in Kafka-ML's field order (the deployment id travels as the key)."""
+        return {
+            "topic": self.topic,
+            "input_format": self.input_format,
+            "description": self.description,
+            "input_config": self.input_config,
+            "validation_rate": self.validation_rate,
+            "test_rate": self.test_rate,
+            "total_msg": self.total_msg,
+            "unsupervised_topic": self.unsupervised_topic,
+            "dataset_restrictions": self.dataset_restrictions,
+            "incremental": self.incremental,
+        }
+
+    def stream_id(self) -> str:
+        """Content hash of the message without its deployment: the datasource id."""
+        canonical = json.dumps(self.body(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+    def run_id(self) -> str:
+        """Deterministic run id: the deployment plus the offset ranges."""
+        ranges = ",".join(str(r) for r in sorted(self.ranges, key=lambda r: (r.topic, r.partition)))
+        digest = hashlib.sha256(f"{self.deployment_id}\n{ranges}".encode()).hexdigest()
+        return f"run-{digest[:20]}"
+
+    def with_deployment(self, deployment_id: str) -> ControlMessage:
+        from dataclasses import replace
+
+        return replace(self, deployment_id=deployment_id)
+
+
+def parse_topic_ranges(topic: Any) -> tuple[tuple[OffsetRange, ...], list[str]]:
+    """``t:p:start:end,...`` into ranges, with every problem found."""
+    if not isinstance(topic, str) or not topic.strip():
+        return (), ["topic: must be a non-empty string 'topic:partition:start:end,...'"]
+    ranges: list[OffsetRange] = []
+    problems: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    for i, entry in enumerate(topic.split(",")):
+        parts = entry.strip().split(":")
+        where = f"topic entry {i} {entry.strip()!r}"
+        if len(parts) != 4:
+            problems.append(f"{where}: expected 'topic:partition:start:end' (end exclusive)")
+            continue
+        name, *nums = parts
+        if not TOPIC_RE.match(name):
+            problems.append(f"{where}: {name!r} is not a valid Kafka topic name")
+            continue
+        if not all(n.isdigit() for n in nums):
+            problems.append(f"{where}: partition, start and end must be non-negative integers")
+            continue
+        partition, start, end = (int(n) for n in nums)
+        if end < start:
+            problems.append(f"{where}: end {end} is before start {start}")
+            continue
+        if (name, partition) in seen:
+            problems.append(f"{where}: partition {name}:{partition} is named twice")
+            continue
+        seen.add((name, partition))
+        ranges.append(OffsetRange(name, partition, start, end))
+    return tuple(ranges), problems
+
+
+def deployment_id_from_key(key: bytes | str | None) -> tuple[str | None, str | None]:
+    """``(id, None)`` or ``(None, problem)`` following the module's documented rule."""
+    if key is None or len(key) == 0:
+        return None, "key: missing (the record key carries the deployment id)"
+    if isinstance(key, bytes):
+        if len(key) == 1:
+            text = chr(key[0])  # Kafka-ML's one byte; an ASCII digit reads as that digit
+        else:
+            try:
+                text = key.decode("utf-8")
+            except UnicodeDecodeError:
+                return None, "key: not UTF-8 and not a one-byte Kafka-ML id"
+    else:
+        text = key
+    if text.isascii() and text.isdigit():
+        return str(int(text)), None
+    if len(text) == 1:
+        if text == _REPLACEMENT:
+            return None, ("key: a one-byte Kafka-ML id above 127 cannot pass Knative's string "
+                          "key type; use a decimal string id")
+        return str(ord(text)), None
+    if not ID_RE.match(text) or ".." in text:
+        return None, (f"key: {text[:60]!r} is not a deployment id (letters, digits, '.', '_', "
+                      "'-', or Kafka-ML's one-byte id)")
+    return text, None
+
+
+def _rate(body: dict[str, Any], name: str, problems: list[str]) -> float:
+    value = body.get(name, 0) if body.get(name) is not None else 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        problems.append(f"{name}: {value!r} must be a number in [0, 1)")
+        return 0.0
+    if not 0 <= value < 1:
+        problems.append(f"{name}: {value!r} is out of range [0, 1)")
+    return float(value)
+
+
+def parse_control_message(value: bytes, key: bytes | str | None) -> ControlMessage:
+    """Validate; ``InvalidControlMessage`` lists every bad field (status 400 for bad JSON)."""
+    try:
+        body = json.loads(value)
+    except (ValueError, UnicodeDecodeError, TypeError) as e:
+        raise InvalidControlMessage(
+            "control message is not valid JSON", [f"value: {e}"], status=400
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidControlMessage("invalid control message",
+                                    [f"value: expected a JSON object, got {type(body).__name__}"])
+    problems: list[str] = []
+    deployment_id, key_problem = deployment_id_from_key(key)
+    if key_problem:
+        problems.append(key_problem)
+
+    incremental = body.get("incremental", False)
+    if not isinstance(incremental, bool):
+        problems.append(f"incremental: {incremental!r} must be true or false")
+    elif incremental:
+        problems.append("incremental: online (incremental) training is not supported; "
+                        "send a bounded range 'topic:partition:start:end'")
+
+    topic = body.get("topic")
+    ranges: tuple[OffsetRange, ...] = ()
+    if "topic" not in body:
+        problems.append("topic: required")
+    elif not incremental:
+        ranges, topic_problems = parse_topic_ranges(topic)
+        problems += topic_problems
+        if not topic_problems and sum(r.count for r in ranges) == 0:
+            problems.append("topic: the ranges hold no records")
+
+    fmt = body.get("input_format")
+    if fmt is None:
+        problems.append("input_format: required")
+    elif not isinstance(fmt, str) or fmt.upper() not in FORMATS:
+        problems.append(f"input_format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    config = body.get("input_config", body.get("configuration"))
+    if config is None:
+        problems.append("input_config: required")
+    elif not isinstance(config, dict):
+        problems.append("input_config: must be a JSON object")
+    elif isinstance(fmt, str) and fmt.upper() in FORMATS:
+        problems += codec_problems(fmt.upper(), config)
+
+    before = len(problems)
+    validation_rate = _rate(body, "validation_rate", problems)
+    test_rate = _rate(body, "test_rate", problems)
+    if len(problems) == before and validation_rate + test_rate >= 1:
+        problems.append(f"validation_rate + test_rate = {validation_rate + test_rate:g} leaves "
+                        "nothing to train on (must be < 1)")
+
+    total = body.get("total_msg")
+    if total is not None:
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            problems.append(f"total_msg: {total!r} must be a non-negative integer")
+        elif ranges and total != sum(r.count for r in ranges):
+            problems.append(f"total_msg: {total} does not match the "
+                            f"{sum(r.count for r in ranges)} offsets named by topic")
+
+    description = body.get("description") or ""
+    if not isinstance(description, str):
+        problems.append("description: must be a string")
+    unsupervised = body.get("unsupervised_topic")
+    if unsupervised is not None and not isinstance(unsupervised, str):
+        problems.append("unsupervised_topic: must be a string or null")
+    restrictions = body.get("dataset_restrictions", {})
+    if restrictions is None:
+        restrictions = {}
+    if not isinstance(restrictions, (dict, str)):
+        problems.append("dataset_restrictions: must be an object or a string")
+
+    if problems:
+        raise InvalidControlMessage(
+            f"invalid control message: {len(problems)} problem(s): {'; '.join(problems)}",
+            problems,
+        )
+    return ControlMessage(
+        deployment_id=deployment_id or "",
+        topic=",".join(str(r) for r in ranges),
+        input_format=fmt.upper(),
+        input_config=config,
+        validation_rate=validation_rate,
+        test_rate=test_rate,
+        total_msg=total if total is not None else sum(r.count for r in ranges),
+        description=description,
+        unsupervised_topic=unsupervised,
+        dataset_restrictions=restrictions,
+        incremental=False,
+    )
+
+
+def to_control_message_bytes(msg: ControlMessage) -> bytes:
+    """The UTF-8 JSON value, as Kafka-ML's datasource library writes it (``json.dumps``)."""
+    return json.dumps(msg.body()).encode("utf-8")
+
+
+def control_message_key(deployment_id: str | int, kafka_ml_key: bool = False) -> bytes:
+    """The record key: the UTF-8 id, or Kafka-ML's single byte (ids 0..255) when asked."""
+    if kafka_ml_key:
+        number = int(deployment_id)
+        if not 0 <= number <= 255:
+            raise ValueError(f"a Kafka-ML one-byte key holds ids 0..255, not {deployment_id}")
+        return bytes([number])
+    return str(deployment_id).encode("utf-8")
