@@ -79,6 +79,10 @@ class Settings:
     """Local stack: the first port given to locally deployed inference services."""
     log_level: str = "INFO"
     """Log level of the functions."""
+    train_record_epoch_budget_s: float = 0.0005
+    """Train: estimated seconds per record, per epoch, per model; sizes work for the HTTP route."""
+    train_http_reserve_s: float = 60.0
+    """Train: seconds of the request timeout kept for reading data and saving artifacts."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
