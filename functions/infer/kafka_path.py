@@ -1,0 +1,135 @@
+"""The Kafka path: one input record (as KafkaSource delivers it) -> one prediction record.
+
+The output is keyed by the input's key, or by ``<topic>:<partition>:<offset>`` when it has none;
+it carries the input's headers plus the input's coordinates. An undecodable record goes to the
+dead-letter topic (original bytes, the reason, the coordinates) and the caller gets a 4xx so
+KafkaSource does not retry it. The answer is 2xx only once Kafka has acknowledged the output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from functions.infer.batcher import split_rows
+from functions.infer.serving import InferenceService
+from kafkaml.errors import InvalidEvent, KmlError
+from kafkaml.events import KAFKA_EVENT, Event
+
+HEADER_PREFIX = "kafkaheader"
+_ID_RE = re.compile(r"^partition:(\d+)/offset:(\d+)$")
+
+
+class Delivered(Protocol):
+    topic: str
+    partition: int
+    offset: int
+
+
+class Producer(Protocol):
+    def send(self, topic: str, value: bytes, key: bytes | None,
+             headers: list[tuple[str, bytes]]) -> Delivered: ...
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """The Kafka record behind a ``dev.knative.kafka.event``."""
+
+    value: bytes
+    topic: str
+    partition: int | None
+    offset: int | None
+    key: str | None
+    headers: tuple[tuple[str, bytes], ...]
+    event_id: str
+
+    @property
+    def coordinates(self) -> str:
+        return f"{self.topic}:{_str(self.partition)}:{_str(self.offset)}"
+
+    @property
+    def output_key(self) -> str:
+        return self.key if self.key not in (None, "") else self.coordinates
+
+    def coordinate_headers(self) -> list[tuple[str, bytes]]:
+        return [("kml-input-topic", self.topic.encode()),
+                ("kml-input-partition", _str(self.partition).encode()),
+                ("kml-input-offset", _str(self.offset).encode())]
+
+
+def input_record(event: Event, default_topic: str = "") -> InputRecord:
+    """The record's value, coordinates, key and headers, read from KafkaSource's attributes."""
+    if event.type != KAFKA_EVENT:
+        raise InvalidEvent(f"expected a {KAFKA_EVENT} event, got {event.type!r}")
+    ext = event.extensions
+    source = str(event.source or "")
+    topic = source.rsplit("#", 1)[1] if "#" in source else default_topic
+    partition, offset = _int(ext.get("knativekafkapartition")), _int(ext.get("knativekafkaoffset"))
+    match = _ID_RE.match(event.id or "")
+    if match:
+        partition = partition if partition is not None else int(match.group(1))
+        offset = offset if offset is not None else int(match.group(2))
+    key = ext.get("key")
+    headers = tuple(sorted(
+        (name[len(HEADER_PREFIX):], _bytes(value))
+        for name, value in ext.items()
+        if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX)
+    ))
+    return InputRecord(event.body_bytes(), topic, partition, offset,
+                       None if key is None else str(key), headers, event.id)
+
+
+def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any]:
+    """Predict one record and produce the result; returns where the prediction landed."""
+    record = input_record(event, service.spec.get("input_topic", ""))
+    try:
+        x = service.conform(service.codec.decode_features([record.value]))
+    except KmlError as e:
+        if e.status >= 500:
+            raise
+        dead_letter(service, record, e)
+        raise
+    (row,) = split_rows(service.predict(x))
+    value = json.dumps({"values": row}, separators=(",", ":")).encode()
+    headers = [*record.headers, *record.coordinate_headers()]
+    spec = service.spec
+    done = service.producer().send(spec["output_topic"], value, record.output_key.encode(),
+                                   headers)
+    return {"key": record.output_key, "topic": done.topic, "partition": done.partition,
+            "offset": done.offset}
+
+
+def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> None:
+    """Park the original bytes on the dead-letter topic with the reason (5xx if Kafka fails)."""
+    reason = error.message
+    if getattr(error, "problems", None):
+        reason = f"{reason}: {'; '.join(error.problems)}"
+    headers = [
+        *record.headers,
+        ("kml-error", reason.encode()[:2000]),
+        ("kml-error-kind", error.kind.encode()),
+        ("kml-error-status", str(error.status).encode()),
+        ("kml-inference-id", service.settings.inference_id.encode()),
+        *record.coordinate_headers(),
+    ]
+    service.producer().send(service.settings.dlq_topic, record.value,
+                            record.output_key.encode(), headers)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    return str(value).encode()

@@ -1,0 +1,174 @@
+"""The trained model: fetched from storage into a local cache, loaded with LiteRT or Keras.
+
+``model.tflite`` is preferred: LiteRT needs no TensorFlow (a small image, a fast cold start).
+Without it the ``.keras`` file is loaded with ``safe_mode=True``. TensorFlow and LiteRT must
+never share a process, so both are imported lazily and only the chosen one is imported at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from functions.infer.batcher import Outputs
+from kafkaml.errors import NotFound, ValidationFailed
+
+log = logging.getLogger("kml.infer")
+
+LITERT, KERAS = "litert", "keras"
+ARTIFACTS = (("model.tflite", LITERT), ("model.keras", KERAS))
+_MAX_BUCKET = 1024
+
+
+class Model(Protocol):
+    runtime: str
+    input_shape: tuple[int | None, ...]
+    """One instance's shape (no batch axis); ``None`` where the model takes any size."""
+    input_dtype: np.dtype
+
+    def predict(self, x: np.ndarray) -> Outputs: ...
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    runtime: str
+    path: Path
+
+
+def model_name(ref: str) -> str:
+    """The run's model folder for a spec's ``model`` (``name`` or ``name@version``)."""
+    return ref.split("@", 1)[0]
+
+
+def fetch_model(registry: Any, spec: dict[str, Any], cache_dir: str) -> ModelFile:
+    """Download the run's model (LiteRT if there is one, else Keras) unless it is cached."""
+    run_id, name = spec["run_id"], model_name(spec["model"])
+    store = registry.store
+    folder = Path(cache_dir) / run_id / name
+    for filename, runtime in ARTIFACTS:
+        local = folder / filename
+        if local.is_file():  # run artifacts are immutable: a cached file is current
+            return ModelFile(runtime, local)
+        key = registry.run_artifact_key(run_id, name, filename)
+        if store.exists(key):
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = folder / f".{filename}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            store.download_file(key, str(partial))
+            os.replace(partial, local)  # atomic: other workers never see half a file
+            return ModelFile(runtime, local)
+    raise NotFound(f"run {run_id} has no model.tflite or model.keras for model {name!r}",
+                   run_id=run_id, model=name)
+
+
+def load_model(file: ModelFile, num_threads: int | None = None) -> Model:
+    if file.runtime == LITERT:
+        return LiteRtModel(file.path.read_bytes(), num_threads=num_threads)
+    return KerasModel(file.path)
+
+
+class LiteRtModel:
+    """A LiteRT interpreter per power-of-two batch bucket; inputs are zero-padded to the bucket.
+
+    An interpreter is not thread safe and its batch axis is fixed once allocated, so each bucket
+    keeps its own, allocated once, and every call holds the lock.
+    """
+
+    runtime = LITERT
+
+    def __init__(self, content: bytes, num_threads: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._factory = lambda: Interpreter(model_content=content, num_threads=num_threads)
+        probe = self._factory()
+        inputs = probe.get_input_details()
+        if len(inputs) != 1:
+            raise ValidationFailed(f"the model takes {len(inputs)} inputs; infer serves one")
+        sig = inputs[0].get("shape_signature", inputs[0]["shape"])
+        self.input_shape = tuple(None if d < 0 else int(d) for d in sig[1:])
+        self.input_dtype = np.dtype(inputs[0]["dtype"])
+        self._lock = threading.Lock()
+        self._by_bucket: dict[int, Any] = {}
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        with self._lock:
+            parts = [self._run(x[i:i + _MAX_BUCKET]) for i in range(0, len(x), _MAX_BUCKET)]
+        if len(parts) == 1:
+            return parts[0]
+        return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
+
+    def _run(self, x: np.ndarray) -> Outputs:
+        n = len(x)
+        bucket = 1 << max(0, math.ceil(math.log2(n)))
+        interpreter = self._interpreter(bucket, x.shape[1:])
+        if bucket != n:
+            x = np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), dtype=x.dtype)])
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        return [interpreter.get_tensor(o["index"])[:n] for o in interpreter.get_output_details()]
+
+    def _interpreter(self, bucket: int, shape: tuple[int, ...]):
+        key = (bucket, shape) if None in self.input_shape else bucket
+        interpreter = self._by_bucket.get(key)
+        if interpreter is None:
+            interpreter = self._factory()
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [bucket, *shape], strict=False)
+            interpreter.allocate_tensors()
+            self._by_bucket[key] = interpreter
+        return interpreter
+
+
+class KerasModel:
+    """The ``.keras`` fallback, called as ``model(x, training=False)`` under a lock."""
+
+    runtime = KERAS
+
+    def __init__(self, path: Path) -> None:
+        import keras  # the fallback pays TensorFlow's import; LiteRT deployments never do
+
+        self._model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+        inputs = self._model.inputs
+        if len(inputs) != 1:
+            raise ValidationFailed(f"the model takes {len(inputs)} inputs; infer serves one")
+        self.input_shape = tuple(None if d is None else int(d) for d in inputs[0].shape[1:])
+        self.input_dtype = np.dtype(getattr(inputs[0], "dtype", "float32") or "float32")
+        self._lock = threading.Lock()
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        with self._lock:
+            out = self._model(x, training=False)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(o) for o in outs]
+
+
+def conform(x: np.ndarray, model: Model) -> np.ndarray:
+    """``x`` ([n, ...]) as the model's input: reshaped when only the layout differs, cast.
+
+    A shape that cannot be the model's input is a 422 naming both shapes.
+    """
+    want = model.input_shape
+    got = tuple(x.shape[1:])
+    if not _matches(got, want):
+        if None in want or math.prod(got) != math.prod(want):
+            raise ValidationFailed(
+                "instance shape does not fit the model",
+                [f"instances: shape {list(got)} ({math.prod(got)} values), the model takes "
+                 f"{[d if d is not None else 'any' for d in want]}"],
+            )
+        x = x.reshape((x.shape[0], *want))
+    if x.dtype != model.input_dtype:
+        x = x.astype(model.input_dtype)
+    return np.ascontiguousarray(x)
+
+
+def _matches(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
+    return len(got) == len(want) and all(w is None or g == w
+                                         for g, w in zip(got, want, strict=True))
