@@ -1,0 +1,345 @@
+"""The registry records of DESIGN.md "Storage", kept as JSON objects in one bucket.
+
+Creates are conditional (``If-None-Match: *``) and updates carry ``If-Match: <etag>``: a lost
+race raises ``Conflict`` (409), nothing is ever silently overwritten. Every record has
+``schema_version`` (1) and ``created`` (UTC RFC 3339). Names and ids are single key segments
+(letters, digits, ``.``, ``_``, ``-``). Records:
+
+model (``models/<name>/<version>/model.json``, immutable)
+    name, version (int from 1), description, format (``keras_json`` | ``keras_file``),
+    keras_json (str: exactly what ``model.to_json()`` gives; ``keras.models.model_from_json``),
+    keras_file (S3 key of the ``.keras`` upload when format is ``keras_file``, else absent),
+    compile ({optimizer, loss, metrics}; optimizer a name or a Keras optimizer config),
+    param_count, input_shape, output_shape (lists, ``None`` for the batch axis; lists of
+    lists when the model has several inputs / outputs), keras_version.
+configuration (``configurations/<name>.json``, immutable)
+    name, description, requested (refs as given), models (refs pinned to ``name@version``).
+deployment (``deployments/<id>.json``, immutable)
+    id (str; ``"7"`` style ids address Kafka-ML's one-byte keys), configuration (name or None),
+    models (pinned ``name@version`` refs), batch_size, epochs, shuffle, seed,
+    learning_rate (or None), fit_kwargs, evaluate_kwargs, description.
+datasource (``datasources/<id>.json``, immutable)
+    whatever the train function keeps of an accepted control message (free form).
+run (``runs/<run-id>/status.json``; claimed -> running -> succeeded | failed)
+    run_id, deployment_id, datasource_id, status, reason, permanent (bool), models
+    ({name: {metrics, artifacts}}), created, updated; extra fields are kept. A failed run that
+    is not ``permanent`` may be claimed again (a redelivery retries it).
+inference (``inference/<id>.json``, manifests at ``inference/<id>.yaml``)
+    id, run_id, model, input_format (RAW | AVRO | JSON), input_config, input_topic,
+    output_topic, min_scale, max_scale, target_concurrency, created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from kafkaml.errors import Conflict, NotFound, ValidationFailed
+from storage.objects import ObjectStore, PreconditionFailed
+from storage.records import (
+    CLAIMED,
+    ModelRef,
+    check_name,
+    check_schema_version,
+    check_transition,
+    now_iso,
+    same_content,
+    stamped,
+)
+
+INFERENCE_FIELDS = ("id", "run_id", "model", "input_format", "input_config", "input_topic",
+                    "output_topic", "min_scale", "max_scale", "target_concurrency")
+_CREATE_ATTEMPTS = 20
+
+
+class Registry:
+    """Models, configurations, deployments, datasources, runs and inference specs."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+
+    @classmethod
+    def from_settings(cls, settings) -> Registry:
+        return cls(ObjectStore.from_settings(settings))
+
+    @property
+    def store(self) -> ObjectStore:
+        return self._store
+
+    def ensure_ready(self) -> None:
+        """Create the bucket if missing; ``Unavailable`` when storage does not answer."""
+        self._store.ensure_bucket()
+
+    # -- models -------------------------------------------------------------------------------
+    def register_model(
+        self, name: str, definition: dict[str, Any], keras_file: bytes | None = None
+    ) -> dict[str, Any]:
+        """Store a new immutable version; ``definition['version']`` pins it (409 if it exists)."""
+        check_name("name", name)
+        body = {k: v for k, v in definition.items() if k not in ("name", "version")}
+        if keras_file is not None:
+            key = f"models/{name}/files/{uuid.uuid4().hex}.keras"
+            self._store.put(key, keras_file, content_type="application/octet-stream")
+            body.update(format="keras_file", keras_file=key)
+        wanted = definition.get("version")
+        if wanted is not None:
+            if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+                raise ValidationFailed("invalid version",
+                                       [f"version: {wanted!r} must be a positive integer"])
+            record = stamped(body, name=name, version=wanted)
+            try:
+                self._store.put_json(self._model_key(name, wanted), record, if_none_match=True)
+            except PreconditionFailed:
+                raise Conflict(f"model {name} version {wanted} already exists",
+                               model=name, version=wanted) from None
+            return record
+        for _ in range(_CREATE_ATTEMPTS):
+            version = max(self.list_model_versions(name), default=0) + 1
+            record = stamped(body, name=name, version=version)
+            try:
+                self._store.put_json(self._model_key(name, version), record, if_none_match=True)
+                return record
+            except PreconditionFailed:
+                continue  # another writer took this version; take the next one
+        raise Conflict(f"model {name}: too many concurrent registrations, try again", model=name)
+
+    def get_model(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """One version, or the latest when ``version`` is None."""
+        check_name("model", name)
+        if version is None:
+            versions = self.list_model_versions(name)
+            if not versions:
+                raise NotFound(f"no model {name!r}", model=name)
+            version = versions[-1]
+        try:
+            return self._read(self._model_key(name, version))
+        except NotFound:
+            raise NotFound(f"no model {name}@{version}", model=name, version=version) from None
+
+    def get_model_ref(self, ref: str | ModelRef) -> dict[str, Any]:
+        r = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        return self.get_model(r.name, r.version)
+
+    def list_model_versions(self, name: str) -> list[int]:
+        check_name("model", name)
+        dirs = self._store.list_dirs(f"models/{name}/")
+        return sorted(int(d) for d in dirs if d.isdigit())
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The latest record of every model, with ``versions`` (all its version numbers)."""
+        out = []
+        for name in self._store.list_dirs("models/"):
+            versions = self.list_model_versions(name)
+            if versions:
+                latest = self._read(self._model_key(name, versions[-1]))
+                out.append({**latest, "versions": versions})
+        return out
+
+    def pin_refs(self, refs: list[Any]) -> list[str]:
+        """``name``/``name@version`` refs as ``name@version``; every unknown one in one 422."""
+        pinned, problems = [], []
+        for ref in refs:
+            try:
+                parsed = ModelRef.parse(ref)
+                pinned.append(f"{parsed.name}@{self.get_model_ref(parsed)['version']}")
+            except NotFound:
+                problems.append(f"models: no model {ref!r}")
+            except ValidationFailed as e:
+                problems.extend(e.problems)
+        if problems:
+            raise ValidationFailed("unknown or invalid model refs", problems)
+        return pinned
+
+    # -- configurations -----------------------------------------------------------------------
+    def create_configuration(self, record: dict[str, Any]) -> dict[str, Any]:
+        name = check_name("name", record.get("name"))
+        refs = list(record.get("models") or [])
+        if not refs:
+            raise ValidationFailed("a configuration needs models", ["models: must not be empty"])
+        out = stamped(record, requested=refs, models=self.pin_refs(refs))
+        self._create(f"configurations/{name}.json", out, f"configuration {name!r}")
+        return out
+
+    def get_configuration(self, name: str) -> dict[str, Any]:
+        check_name("configuration", name)
+        return self._read(f"configurations/{name}.json", f"no configuration {name!r}")
+
+    def list_configurations(self) -> list[dict[str, Any]]:
+        return self._read_all("configurations/")
+
+    # -- deployments --------------------------------------------------------------------------
+    def create_deployment(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Pin the models; ``id`` chosen by the user or the next free small integer."""
+        config = record.get("configuration")
+        if config is not None:
+            refs = self.get_configuration(config)["models"]
+        else:
+            refs = self.pin_refs(list(record.get("models") or []))
+        if not refs:
+            raise ValidationFailed("a deployment needs models",
+                                   ["configuration or models: one is required"])
+        wanted = record.get("id")
+        if wanted is not None:
+            check_name("id", wanted)
+            out = stamped(record, id=wanted, models=refs, configuration=config)
+            self._create(f"deployments/{wanted}.json", out, f"deployment {wanted!r}")
+            return out
+        for _ in range(_CREATE_ATTEMPTS):
+            taken = [int(k[12:-5]) for k in self._store.list("deployments/")
+                     if k.endswith(".json") and k[12:-5].isdigit()]
+            new_id = str(max(taken, default=0) + 1)
+            out = stamped(record, id=new_id, models=refs, configuration=config)
+            try:
+                self._store.put_json(f"deployments/{new_id}.json", out, if_none_match=True)
+                return out
+            except PreconditionFailed:
+                continue
+        raise Conflict("too many concurrent deployment creations, try again")
+
+    def get_deployment(self, deployment_id: str) -> dict[str, Any]:
+        check_name("deployment id", deployment_id)
+        return self._read(f"deployments/{deployment_id}.json",
+                          f"no deployment {deployment_id!r}")
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        return self._read_all("deployments/")
+
+    def resolve_models(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
+        """The full model records a deployment trains, in its order."""
+        refs = deployment.get("models")
+        if not refs and deployment.get("configuration"):
+            refs = self.get_configuration(deployment["configuration"])["models"]
+        return [self.get_model_ref(ref) for ref in refs or []]
+
+    # -- datasources --------------------------------------------------------------------------
+    def put_datasource(self, datasource_id: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Create if absent; the same content again returns the stored one; other content 409."""
+        check_name("datasource id", datasource_id)
+        key = f"datasources/{datasource_id}.json"
+        out = stamped(record, id=datasource_id)
+        try:
+            self._store.put_json(key, out, if_none_match=True)
+            return out
+        except PreconditionFailed:
+            existing = self._read(key)
+            if same_content(existing, out):
+                return existing
+            raise Conflict(f"datasource {datasource_id!r} exists with other content",
+                           datasource_id=datasource_id) from None
+
+    def get_datasource(self, datasource_id: str) -> dict[str, Any]:
+        check_name("datasource id", datasource_id)
+        return self._read(f"datasources/{datasource_id}.json",
+                          f"no datasource {datasource_id!r}")
+
+    def list_datasources(self) -> list[dict[str, Any]]:
+        return self._read_all("datasources/")
+
+    # -- runs ---------------------------------------------------------------------------------
+    def claim_run(self, run_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the run as ``claimed``; ``(existing, False)`` when it already exists."""
+        check_name("run id", run_id)
+        now = now_iso()
+        out = stamped(record, run_id=run_id, status=CLAIMED, created=now, updated=now)
+        out.setdefault("permanent", False)
+        try:
+            self._store.put_json(self._run_key(run_id), out, if_none_match=True)
+            return out, True
+        except PreconditionFailed:
+            return self.get_run(run_id)[0], False
+
+    def get_run(self, run_id: str) -> tuple[dict[str, Any], str]:
+        check_name("run id", run_id)
+        key = self._run_key(run_id)
+        try:
+            value, etag = self._store.get_json(key)
+        except NotFound:
+            raise NotFound(f"no run {run_id!r}", run_id=run_id) from None
+        return check_schema_version(key, value), etag
+
+    def update_run(self, run_id: str, etag: str, **changes: Any) -> tuple[dict[str, Any], str]:
+        """Apply ``changes`` if the run is still at ``etag`` and the status change is legal."""
+        current, current_etag = self.get_run(run_id)
+        if current_etag != etag:
+            raise PreconditionFailed(f"run {run_id} changed since it was read", key=run_id)
+        if "status" in changes:
+            check_transition(run_id, current, changes["status"])
+        elif current.get("status") in ("succeeded", "failed"):
+            raise Conflict(f"run {run_id} is {current['status']} and cannot change",
+                           run_id=run_id)
+        changes.pop("run_id", None)
+        new = {**current, **changes, "updated": now_iso()}
+        new_etag = self._store.put_json(self._run_key(run_id), new, if_match=etag)
+        return new, new_etag
+
+    def run_artifact_key(self, run_id: str, model_name: str, filename: str) -> str:
+        check_name("run id", run_id)
+        check_name("model", model_name)
+        check_name("artifact", filename)
+        return f"runs/{run_id}/{model_name}/{filename}"
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        out = []
+        for run_id in self._store.list_dirs("runs/"):
+            try:
+                out.append(self.get_run(run_id)[0])
+            except NotFound:
+                continue  # artifacts without a status (being written): not a run yet
+        return out
+
+    # -- inference specs ----------------------------------------------------------------------
+    def create_inference(self, record: dict[str, Any]) -> dict[str, Any]:
+        missing = [f"{f}: required" for f in INFERENCE_FIELDS if f != "id" and f not in record]
+        if missing:
+            raise ValidationFailed("incomplete inference spec", missing)
+        inference_id = record.get("id") or uuid.uuid4().hex[:12]
+        check_name("inference id", inference_id)
+        out = stamped(record, id=inference_id)
+        self._create(f"inference/{inference_id}.json", out, f"inference {inference_id!r}")
+        return out
+
+    def put_inference_manifests(self, inference_id: str, yaml_text: str) -> str:
+        """Store the rendered manifests next to the spec; returns the key."""
+        check_name("inference id", inference_id)
+        key = f"inference/{inference_id}.yaml"
+        self._store.put(key, yaml_text.encode(), content_type="application/yaml")
+        return key
+
+    def get_inference(self, inference_id: str) -> dict[str, Any]:
+        check_name("inference id", inference_id)
+        return self._read(f"inference/{inference_id}.json", f"no inference {inference_id!r}")
+
+    def list_inference(self) -> list[dict[str, Any]]:
+        return self._read_all("inference/")
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @staticmethod
+    def _model_key(name: str, version: int) -> str:
+        return f"models/{name}/{version}/model.json"
+
+    @staticmethod
+    def _run_key(run_id: str) -> str:
+        return f"runs/{run_id}/status.json"
+
+    def _create(self, key: str, record: dict[str, Any], what: str) -> None:
+        try:
+            self._store.put_json(key, record, if_none_match=True)
+        except PreconditionFailed:
+            raise Conflict(f"{what} already exists", key=key) from None
+
+    def _read(self, key: str, missing: str | None = None) -> dict[str, Any]:
+        try:
+            value, _ = self._store.get_json(key)
+        except NotFound:
+            raise NotFound(missing or f"no record {key!r}", key=key) from None
+        return check_schema_version(key, value)
+
+    def _read_all(self, prefix: str) -> list[dict[str, Any]]:
+        out = []
+        for key in self._store.list(prefix):
+            if key.endswith(".json") and "/" not in key[len(prefix):]:
+                try:
+                    out.append(self._read(key))
+                except NotFound:
+                    continue
+        return out
