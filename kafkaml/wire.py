@@ -186,7 +186,8 @@ def _rate(body: dict[str, Any], name: str, problems: list[str]) -> float:
     return float(value)
 
 
-def parse_control_message(value: bytes, key: bytes | str | None) -> ControlMessage:
+def parse_control_message(value: bytes, key: bytes | str | None, *,
+                          deployment_id: str | None = None) -> ControlMessage:
     """Validate; ``InvalidControlMessage`` lists every bad field (status 400 for bad JSON)."""
     try:
         body = json.loads(value)
@@ -198,9 +199,13 @@ def parse_control_message(value: bytes, key: bytes | str | None) -> ControlMessa
         raise InvalidControlMessage("invalid control message",
                                     [f"value: expected a JSON object, got {type(body).__name__}"])
     problems: list[str] = []
-    deployment_id, key_problem = deployment_id_from_key(key)
-    if key_problem:
-        problems.append(key_problem)
+    if deployment_id is None:  # from the record key, Kafka-ML's one-byte form included
+        deployment_id, key_problem = deployment_id_from_key(key)
+        if key_problem:
+            problems.append(key_problem)
+    elif not isinstance(deployment_id, str) or not ID_RE.match(deployment_id):
+        problems.append(f"deployment_id: {str(deployment_id)[:60]!r} is not a deployment id "
+                        "(letters, digits, '.', '_', '-')")
 
     incremental = body.get("incremental", False)
     if not isinstance(incremental, bool):

@@ -1,0 +1,1 @@
+"""The train function: Kafka-ML control message -> exact offset ranges -> Keras fit -> artifacts."""

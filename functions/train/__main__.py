@@ -1,0 +1,58 @@
+"""Batch entry for the JobSink route: ``python -m functions.train --event-file PATH``.
+
+The event file is a structured-mode CloudEvent (JSON), as JobSink mounts it; without
+``--event-file`` the path comes from ``K_EVENT_PATH``. Runs the same code as the HTTP route
+without its time limit. Exit status: 0 succeeded, 1 permanent failure, 75 transient failure
+(worth retrying), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from functions.train.service import Trainer, control_message_from_event
+from kafkaml.errors import KmlError
+from kafkaml.events import STRUCTURED_CONTENT_TYPE, parse_http
+from kafkaml.settings import Settings
+from kafkaml.web import configure_logging
+
+EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, EXIT_TRANSIENT = 0, 1, 2, 75
+
+
+def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> int:
+    """Train from one event file; prints one JSON line (the run or the error) on stdout."""
+    try:
+        body = Path(event_path).read_bytes()
+    except OSError as e:
+        print(json.dumps({"error": f"cannot read event file {event_path}: {e.strerror}"}))
+        return EXIT_USAGE
+    try:
+        event = parse_http({"content-type": STRUCTURED_CONTENT_TYPE}, body)
+        trainer = trainer or Trainer.from_settings(settings)
+        run_record = trainer.train(control_message_from_event(event), http=False)
+    except KmlError as e:
+        print(json.dumps(e.to_dict(), default=str))
+        return EXIT_TRANSIENT if e.retryable else EXIT_PERMANENT
+    print(json.dumps(run_record, default=str))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m functions.train",
+                                     description="Train from a CloudEvent file (JobSink).")
+    parser.add_argument("--event-file", default=os.environ.get("K_EVENT_PATH"),
+                        help="structured CloudEvent JSON (default: $K_EVENT_PATH)")
+    args = parser.parse_args(argv)
+    if not args.event_file:
+        parser.error("--event-file or K_EVENT_PATH is required")
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    return run(args.event_file, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

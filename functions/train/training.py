@@ -1,0 +1,170 @@
+"""Build, compile, fit and evaluate one registered model (TensorFlow/Keras imported lazily).
+
+Models come from their Keras JSON config (or a ``.keras`` file) and always load in safe mode:
+nothing from the wire is executed. Fit and evaluate keyword arguments are an allow-list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from functions.train.dataset import Dataset
+from kafkaml.errors import KmlError, ValidationFailed
+
+FIT_KWARGS = {"class_weight", "initial_epoch", "validation_freq", "steps_per_epoch",
+              "validation_steps"}
+EVALUATE_KWARGS = {"steps"}
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class ModelFailed(ValidationFailed):
+    """A registered model that cannot be built, compiled or fitted on this data (permanent)."""
+
+    kind = "model_failed"
+
+
+@dataclass
+class TrainedModel:
+    name: str
+    model: Any
+    history: dict[str, list[float]]
+    metrics: dict[str, Any]
+    classification: bool
+    y_true: np.ndarray | None = None
+    y_pred: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def build_model(record: dict[str, Any], load_file: Callable[[str, str], None]) -> Any:
+    """A Keras model from a model record: ``keras_json`` config or ``.keras`` file, safe mode."""
+    import keras
+
+    name = record.get("name", "?")
+    try:
+        if record.get("format") == "keras_file":
+            with tempfile.TemporaryDirectory() as tmp:
+                path = str(Path(tmp) / "model.keras")
+                load_file(record["keras_file"], path)
+                return keras.saving.load_model(path, compile=False, safe_mode=True)
+        config = record.get("keras_json")
+        config = json.loads(config) if isinstance(config, str) else config
+        return keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except KmlError:
+        raise
+    except Exception as e:  # Keras raises many types for an unusable config
+        raise ModelFailed(f"model {name}: cannot be built: {_short(e)}",
+                          [f"model {name}: {_short(e)}"]) from None
+
+
+def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: float | None) -> None:
+    import keras
+
+    spec = spec or {}
+    try:
+        opt = spec.get("optimizer") or "adam"
+        opt_cfg = {"class_name": opt, "config": {}} if isinstance(opt, str) else copy.deepcopy(opt)
+        if learning_rate is not None:
+            opt_cfg.setdefault("config", {})["learning_rate"] = float(learning_rate)
+        optimizer = keras.optimizers.get(opt_cfg)
+        loss = spec.get("loss") or "mse"
+        loss = keras.losses.get(loss) if isinstance(loss, dict) else loss
+        metrics = list(spec.get("metrics") or [])
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    except Exception as e:
+        raise ModelFailed(f"model {name}: compile spec rejected: {_short(e)}",
+                          [f"model {name}.compile: {_short(e)}"]) from None
+
+
+def is_classification(spec: dict[str, Any]) -> bool:
+    loss = json.dumps((spec or {}).get("loss", "")).lower()
+    metrics = json.dumps((spec or {}).get("metrics", [])).lower()
+    return "crossentropy" in loss or "hinge" in loss or "accuracy" in metrics
+
+
+def _classes(values: np.ndarray, probabilities: bool) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim > 1 and values.shape[-1] > 1:
+        return values.reshape(len(values), -1).argmax(axis=1)
+    flat = values.reshape(len(values))
+    return (flat > 0.5).astype(np.int64) if probabilities else np.rint(flat).astype(np.int64)
+
+
+def _allowed(kwargs: dict[str, Any] | None, allowed: set[str], what: str, name: str
+             ) -> dict[str, Any]:
+    kwargs = dict(kwargs or {})
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ModelFailed(f"model {name}: {what} {unknown} are not allowed",
+                          [f"{what}: {k} is not one of {sorted(allowed)}" for k in unknown])
+    return kwargs
+
+
+def train_model(record: dict[str, Any], deployment: dict[str, Any], data: Dataset,
+                on_epoch: EpochCallback, load_file: Callable[[str, str], None]) -> TrainedModel:
+    """Fit one model on ``data`` and evaluate it on the test split (or validation if no test)."""
+    import keras
+
+    name = record.get("name", "model")
+    keras.utils.set_random_seed(data.seed)
+    model = build_model(record, load_file)
+    spec = record.get("compile") or {}
+    compile_model(model, name, spec, deployment.get("learning_rate"))
+    fit_kwargs = _allowed(deployment.get("fit_kwargs"), FIT_KWARGS, "fit_kwargs", name)
+    eval_kwargs = _allowed(deployment.get("evaluate_kwargs"), EVALUATE_KWARGS,
+                           "evaluate_kwargs", name)
+    batch_size = int(deployment.get("batch_size") or 32)
+    epochs = int(deployment.get("epochs") or 1)
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            on_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+
+    x_train = data.train.x.astype(np.float32, copy=False)
+    validation = None
+    if len(data.validation):
+        validation = (data.validation.x.astype(np.float32, copy=False), data.validation.y)
+    started = time.monotonic()
+    try:
+        history = model.fit(x_train, data.train.y, batch_size=batch_size, epochs=epochs,
+                            shuffle=bool(deployment.get("shuffle", True)),
+                            validation_data=validation, callbacks=[Progress()], verbose=0,
+                            **fit_kwargs)
+    except (ValueError, TypeError) as e:  # shapes or dtypes that do not fit the model
+        raise ModelFailed(f"model {name}: fit failed on this data: {_short(e)}",
+                          [f"model {name}: {_short(e)}"]) from None
+    fit_s = time.monotonic() - started
+    hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    metrics: dict[str, Any] = {
+        "train": {k: vs[-1] for k, vs in hist.items() if not k.startswith("val_") and vs},
+        "validation": {k[4:]: vs[-1] for k, vs in hist.items() if k.startswith("val_") and vs},
+        "records": data.sizes(), "epochs": epochs, "batch_size": batch_size,
+        "seed": data.seed, "fit_seconds": round(fit_s, 3),
+    }
+    held_out = data.test if len(data.test) else data.validation
+    classification = is_classification(spec)
+    result = TrainedModel(name, model, hist, metrics, classification)
+    if len(held_out):
+        x_held = held_out.x.astype(np.float32, copy=False)
+        scores = model.evaluate(x_held, held_out.y, batch_size=batch_size, verbose=0,
+                                return_dict=True, **eval_kwargs)
+        metrics["test" if len(data.test) else "evaluated_on_validation"] = {
+            k: float(v) for k, v in scores.items()}
+        if classification:
+            predicted = model.predict(x_held, batch_size=max(batch_size, 256), verbose=0)
+            result.y_true = _classes(held_out.y, probabilities=False)
+            result.y_pred = _classes(predicted, probabilities=True)
+    return result
