@@ -183,7 +183,8 @@ def _strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
     if isinstance(base, list) and isinstance(patch, list) and merge_key:
         out = list(base)
         for item in patch:
-            idx = next((i for i, b in enumerate(out) if isinstance(b, dict) and isinstance(item, dict)
+            idx = next((i for i, b in enumerate(out)
+                        if isinstance(b, dict) and isinstance(item, dict)
                         and b.get(merge_key) == item.get(merge_key)), None)
             if idx is None:
                 out.append(copy.deepcopy(item))
