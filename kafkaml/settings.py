@@ -73,10 +73,16 @@ class Settings:
     """Local stack: the MinIO console."""
     register_port: int = 8081
     """Local stack: the register function."""
+    register_url: str = ""
+    """URL of the register function the CLI talks to; empty = http://127.0.0.1:<register_port>."""
+    infer_image: str = "kml/infer:0.1.0"
+    """Container image of the inference Services register renders (an event may name another)."""
     train_port: int = 8082
     """Local stack: the train function."""
     infer_port: int = 8090
     """Local stack: the first port given to locally deployed inference services."""
+    local_parts: str = "all"
+    """Local stack: ``all`` (Kafka, MinIO, functions, bridge) or ``infrastructure`` (Kafka, MinIO)."""
     log_level: str = "INFO"
     """Log level of the functions."""
     train_record_epoch_budget_s: float = 0.0005

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
@@ -20,10 +21,9 @@ def load_settings(state_dir: str | None = None) -> Settings:
     env_settings = Settings.from_env()
     state = state_dir or env_settings.state_dir
     saved = saved_settings(state)
-    import os
-
     keep = {k: v for k, v in saved.items() if f"KML_{k.upper()}" not in os.environ}
-    keep.pop("s3_secret_key", None)
+    for private in ("s3_secret_key", "state_dir"):
+        keep.pop(private, None)
     return env_settings.replace(**keep, state_dir=state)
 
 

@@ -70,6 +70,8 @@ class Stack:
 
 def default_parts(settings: Settings) -> list[Part]:
     parts = infrastructure(settings)
+    if settings.local_parts == "infrastructure":
+        return parts
     try:
         from kafkaml.dev.services import local_services
     except ImportError:
