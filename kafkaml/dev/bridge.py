@@ -88,6 +88,7 @@ class Bridge:
             self.consumers.pop(key).stop(grace_s)
         if self._producer is not None:
             self._producer.flush(self.settings.kafka_timeout_s)
+            self._producer = None
 
     def rescan(self) -> None:
         """Start, restart or stop consumers so they match the manifests as they are now."""
