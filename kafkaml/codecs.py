@@ -164,24 +164,28 @@ def _json_rows(blobs: Sequence[bytes], what: str) -> list[Any]:
 
 def _to_array(rows: list[Any], dtype: np.dtype, shape: tuple[int, ...] | None,
               what: str) -> np.ndarray:
+    """One ``np.asarray`` when the rows are regular; else per record, naming the bad one."""
+    n = len(rows)
     try:
-        arr = np.asarray(rows, dtype=dtype)
+        arr: np.ndarray | None = np.asarray(rows, dtype=dtype)
     except (ValueError, TypeError):
-        first = np.shape(rows[0]) if rows else ()
+        arr = None
+    if arr is None or (shape is not None and arr.size != n * math.prod(shape)):
+        size = math.prod(shape) if shape else None
+        flat = []
         for i, row in enumerate(rows):
             try:
-                if np.shape(np.asarray(row, dtype=dtype)) != first:
-                    raise ValueError
+                values = np.asarray(row, dtype=dtype).ravel()
             except (ValueError, TypeError):
-                raise UndecodableRecord(f"{what} is not numeric or has another shape than record "
-                                        f"0 ({first})", i) from None
-        raise UndecodableRecord(f"{what} does not convert to {dtype.name}", 0) from None
-    n = len(rows)
+                raise UndecodableRecord(f"{what} is not numeric ({dtype.name})", i) from None
+            size = values.size if size is None else size
+            if values.size != size:
+                need = f"reshape {' '.join(map(str, shape))} needs" if shape else "record 0 has"
+                raise UndecodableRecord(f"{what} has {values.size} values; {need} {size}", i)
+            flat.append(values)
+        arr = np.stack(flat) if flat else np.empty((0, size or 0), dtype=dtype)
     if shape is None:
         return arr.reshape(n, -1) if arr.ndim == 1 else arr
-    if arr.size != n * math.prod(shape):
-        raise UndecodableRecord(f"{what} has {arr.size // max(n, 1)} values; reshape "
-                                f"{' '.join(map(str, shape))} needs {math.prod(shape)}", 0)
     return arr.reshape(n, *shape)
 
 

@@ -162,3 +162,20 @@ def test_running_run_answers_409_and_too_much_work_answers_use_jobsink(env):
     reply = harness.request({**base, "deployment_id": huge})
     assert reply.status == 422 and reply.body["kind"] == "use_jobsink"
     assert "JobSink" in reply.body["error"]
+
+
+def test_kafka_down_is_503_and_a_redelivery_retrains(env):
+    """Transient: the run fails as retryable; the next delivery takes it over and succeeds."""
+    harness, _, base, _ = env
+    deployment = harness.deployment(epochs=1)
+    down = Harness(harness.settings.replace(kafka_bootstrap="127.0.0.1:1", kafka_timeout_s=2),
+                   harness.registry, harness.child, harness.model_json, harness.unique)
+    body = {**base, "deployment_id": deployment}
+    reply = down.request(body)
+    assert reply.status == 503 and "unreachable" in reply.body["error"]
+    run, _ = harness.registry.get_run(reply.body["run_id"])
+    assert run["status"] == "failed" and run["permanent"] is False
+
+    retry = harness.request(body)
+    assert retry.status == 200 and retry.body["status"] == "succeeded"
+    assert retry.body["run_id"] == run["run_id"] and retry.body["attempt"] == 2
