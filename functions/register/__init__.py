@@ -1,0 +1,1 @@
+"""The register function: models, configurations, deployments, inference specs."""

@@ -1,0 +1,125 @@
+"""What each register event does, as plain functions over a ``Registry`` (the app only routes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functions.register import schemas, validator
+from kafkaml.errors import Conflict, NotFound, ValidationFailed
+from kafkaml.manifests import render_inference_manifests, to_yaml
+from kafkaml.settings import Settings
+from storage.registry import Registry
+
+
+def register_model(registry: Registry, data: Any) -> dict[str, Any]:
+    """``kml.model.register``: validate the Keras definition, store a new immutable version."""
+    data = schemas.require_object(data, "kml.model.register")
+    schemas.raise_if(schemas.check_model(data), "model definition")
+    validated, keras_file = validator.validate(data)
+    definition = {
+        "description": data.get("description", ""),
+        "format": "keras_file" if keras_file is not None else "keras_json",
+        **validated.summary(),
+    }
+    if data.get("version") is not None:
+        definition["version"] = data["version"]
+    return registry.register_model(data["name"], definition, keras_file=keras_file)
+
+
+def create_configuration(registry: Registry, data: Any) -> dict[str, Any]:
+    """``kml.configuration.create``: a named group of models, versions pinned now."""
+    data = schemas.require_object(data, "kml.configuration.create")
+    schemas.raise_if(schemas.check_configuration(data), "configuration")
+    return registry.create_configuration({"description": "", **data})
+
+
+def create_deployment(registry: Registry, data: Any) -> dict[str, Any]:
+    """``kml.deployment.create``: a configuration (or models) plus training parameters."""
+    data = schemas.require_object(data, "kml.deployment.create")
+    schemas.raise_if(schemas.check_deployment(data), "deployment")
+    record = {
+        "description": "", "batch_size": 32, "epochs": 1, "shuffle": True, "seed": None,
+        "learning_rate": None, "fit_kwargs": {}, "evaluate_kwargs": {}, "configuration": None,
+        **data,
+    }
+    if record.get("id") is not None:
+        record["id"] = str(record["id"])
+    if record["configuration"] is not None:
+        try:
+            registry.get_configuration(record["configuration"])
+        except NotFound:
+            raise ValidationFailed("unknown configuration", [
+                f"configuration: no configuration {record['configuration']!r}"]) from None
+    return registry.create_deployment(record)
+
+
+def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[str, Any]:
+    """``kml.inference.create``: check the run, store the spec, render and store manifests."""
+    data = schemas.require_object(data, "kml.inference.create")
+    schemas.raise_if(schemas.check_inference(data), "inference")
+    run, _ = registry.get_run(data["run_id"])
+    status = run.get("status")
+    if status in ("claimed", "running"):
+        raise Conflict(f"run {data['run_id']} is {status}; deploy it once it has succeeded",
+                       run_id=data["run_id"], run_status=status)
+    if status != "succeeded":
+        reason = run.get("reason") or "no reason recorded"
+        raise ValidationFailed(f"run {data['run_id']} is {status}", [
+            f"run_id: run {data['run_id']} is {status} ({reason}); only a succeeded run "
+            "can be deployed"])
+    model = _pick_model(run, data.get("model"))
+    input_format, input_config = _input_of(registry, run, data)
+    spec = {
+        "run_id": data["run_id"], "model": model, "input_format": input_format,
+        "input_config": input_config, "input_topic": data["input_topic"],
+        "output_topic": data["output_topic"], "min_scale": data.get("min_scale", 0),
+        "max_scale": data.get("max_scale", 5),
+        "target_concurrency": data.get("target_concurrency", 10),
+    }
+    if data.get("id") is not None:
+        spec["id"] = data["id"]
+    if data.get("image") is not None:
+        spec["image"] = data["image"]
+    record = registry.create_inference(spec)
+    text = to_yaml(render_inference_manifests(record, settings))
+    key = registry.put_inference_manifests(record["id"], text)
+    return {**record, "manifests": text, "manifests_key": key}
+
+
+def _pick_model(run: dict[str, Any], wanted: str | None) -> str:
+    trained = run.get("models") or {}
+    if wanted is None:
+        if len(trained) != 1:
+            raise ValidationFailed("which model?", [
+                f"model: required, the run trained {len(trained)} models "
+                f"({', '.join(sorted(trained)) or 'none'})"])
+        wanted = next(iter(trained))
+    if wanted not in trained:
+        raise ValidationFailed("unknown model", [
+            f"model: the run has no model {wanted!r} (it has {', '.join(sorted(trained))})"])
+    artifacts = (trained[wanted] or {}).get("artifacts") or {}
+    if not {"model.keras", "model.tflite"} & set(artifacts):
+        raise ValidationFailed("no trained artifact", [
+            f"model: {wanted!r} has neither model.keras nor model.tflite in the run"])
+    return wanted
+
+
+def _input_of(registry: Registry, run: dict[str, Any], data: dict[str, Any]
+              ) -> tuple[str, dict[str, Any]]:
+    """Input format and config: the event's, else those of the stream the run trained on."""
+    fmt, config = data.get("input_format"), data.get("input_config")
+    if fmt is not None and config is not None:
+        return fmt, config
+    source: dict[str, Any] = {}
+    if run.get("datasource_id"):
+        try:
+            ds = registry.get_datasource(run["datasource_id"])
+            source = ds.get("control_message") or ds
+        except NotFound:
+            source = {}
+    fmt = fmt or source.get("input_format")
+    config = config if config is not None else source.get("input_config")
+    if fmt is None or config is None:
+        raise ValidationFailed("input format unknown", [
+            "input_format / input_config: not given and the run's datasource has none"])
+    return fmt, config

@@ -1,0 +1,106 @@
+"""Knative manifests of one inference deployment (step E): a Service and its KafkaSource.
+
+``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
+The Service reads its connection settings from the ConfigMap ``kml-settings`` and the S3
+credentials from the Secret ``kml-s3`` (never inlined); the KafkaSource delivers the input
+topic to it with explicit retries and dead-letters to the KafkaSink named after the DLQ topic.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from kafkaml.settings import Settings
+
+SETTINGS_CONFIGMAP = "kml-settings"
+S3_SECRET = "kml-s3"
+SERVICE_PREFIX = "kml-infer-"
+CONTAINER_PORT = 8080
+TIMEOUT_SECONDS = 300
+"""Per-request cap of the inference Service (Knative allows at most 600)."""
+DELIVERY = {"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.5S",
+            "timeout": "PT30S"}
+"""Retry 5 times at 1, 2, 4, 8, 16 s; each attempt bounded to 30 s."""
+
+
+def service_name(inference_id: str) -> str:
+    """Name of the Service, the KafkaSource and the consumer group of one deployment."""
+    return f"{SERVICE_PREFIX}{inference_id}"
+
+
+def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
+    """The Knative Service and KafkaSource serving the inference ``spec``."""
+    name = service_name(spec["id"])
+    labels = {
+        "app.kubernetes.io/name": "kml-infer",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/part-of": "kafka-ml-knative",
+    }
+    return [_service(spec, settings, name, labels), _kafka_source(spec, settings, name, labels)]
+
+
+def _service(spec: dict[str, Any], settings: Settings, name: str,
+             labels: dict[str, str]) -> dict[str, Any]:
+    target = int(spec["target_concurrency"])
+    container = {
+        "name": "infer",
+        "image": spec.get("image") or settings.infer_image,
+        "ports": [{"containerPort": CONTAINER_PORT}],
+        "env": [{"name": "KML_INFERENCE_ID", "value": str(spec["id"])}],
+        "envFrom": [{"configMapRef": {"name": SETTINGS_CONFIGMAP}},
+                    {"secretRef": {"name": S3_SECRET}}],
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
+                      "limits": {"cpu": "1", "memory": "1Gi"}},
+        "readinessProbe": {"httpGet": {"path": "/health/readiness"},
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/health/liveness"},
+                          "periodSeconds": 10, "failureThreshold": 3},
+    }
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": {
+            **labels, "networking.knative.dev/visibility": "cluster-local"}},
+        "spec": {"template": {
+            "metadata": {"labels": labels, "annotations": {
+                "autoscaling.knative.dev/min-scale": str(int(spec["min_scale"])),
+                "autoscaling.knative.dev/max-scale": str(int(spec["max_scale"])),
+                "autoscaling.knative.dev/metric": "concurrency",
+                "autoscaling.knative.dev/target": str(target),
+            }},
+            "spec": {
+                "containerConcurrency": target,
+                "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
+                "containers": [container],
+            },
+        }},
+    }
+
+
+def _kafka_source(spec: dict[str, Any], settings: Settings, name: str,
+                  labels: dict[str, str]) -> dict[str, Any]:
+    servers = [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+    return {
+        "apiVersion": "sources.knative.dev/v1beta1",
+        "kind": "KafkaSource",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
+        "spec": {
+            "bootstrapServers": servers,
+            "topics": [spec["input_topic"]],
+            "consumerGroup": name,
+            "initialOffset": "latest",
+            "ordering": "ordered",
+            "delivery": {**DELIVERY, "deadLetterSink": {"ref": {
+                "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink",
+                "name": settings.dlq_topic}}},
+            "sink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
+                             "name": name}},
+        },
+    }
+
+
+def to_yaml(docs: list[dict[str, Any]]) -> str:
+    """A multi-document YAML string (``kubectl apply -f -`` takes it as is)."""
+    return yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False)
