@@ -67,11 +67,13 @@ def test_a_topic_without_kafka_topic_is_reported(tree):
 def test_a_wrong_core_field_type_and_an_inline_secret_are_reported(tree, crds):
     edit(tree / "overlays/in-cluster-minio/minio.yaml", "replicas: 1", "replicas: one")
     edit(tree / "base/infer.yaml", "- name: KML_INFERENCE_ID",
-         "- name: KML_S3_SECRET_KEY\n              value: hunter2\n            - name: KML_INFERENCE_ID")
+         "- name: KML_S3_SECRET_KEY\n              value: hunter2\n"
+         "            - name: KML_INFERENCE_ID")
     problems = check_documents(build(tree / "overlays/in-cluster-minio"), crds)
     assert "Deployment/kml-minio: spec.replicas: 'one' is not of type 'integer', 'null'" in problems
-    assert any(p.startswith("Service/kml-infer: spec.template.spec.containers[0].env "
-                            "KML_S3_SECRET_KEY: a secret must come from a Secret") for p in problems)
+    inline = ("Service/kml-infer: spec.template.spec.containers[0].env KML_S3_SECRET_KEY: "
+              "a secret must come from a Secret")
+    assert any(p.startswith(inline) for p in problems)
 
 
 def test_an_unsupported_kustomize_field_fails_the_build(tree):
