@@ -1,0 +1,65 @@
+"""The register function under real gunicorn, reached over HTTP with a binary-mode CloudEvent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from kafkaml.dev.procs import free_port
+from kafkaml.events import MODEL_REGISTER, MODEL_REGISTERED, new_event, to_http
+from tests.functions.register.conftest import model_event
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def served(app_settings, tmp_path):
+    port = free_port()
+    env = {**os.environ, **app_settings.to_env()}
+    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--worker-class",
+            "gthread", "--threads", "4", "--timeout", "660",
+            "functions.register.app:create_app()"]
+    log = (tmp_path / "gunicorn.log").open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health/readiness", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
+            time.sleep(0.3)
+        else:
+            pytest.fail("register did not become ready under gunicorn")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_binary_event_over_http(served, model_json, unique):
+    headers, body = to_http(new_event(MODEL_REGISTER, "/tests/gunicorn",
+                                      model_event(f"g-{unique}", model_json)))
+    r = requests.post(f"{served}/", headers=headers, data=body, timeout=300)
+    assert r.status_code == 201, r.text
+    assert r.headers["ce-type"] == MODEL_REGISTERED
+    assert r.json()["name"] == f"g-{unique}" and r.json()["version"] == 1
+    shown = requests.get(f"{served}/models/g-{unique}", timeout=10).json()
+    assert shown["param_count"] == 23
+    bad = requests.post(f"{served}/", headers={**headers, "ce-type": "kml.nope"}, data=body,
+                        timeout=10)
+    assert bad.status_code == 400 and "kml.nope" in bad.json()["error"]
