@@ -68,7 +68,7 @@ def fetch_model(registry: Any, spec: dict[str, Any], cache_dir: str) -> ModelFil
                    run_id=run_id, model=name)
 
 
-def load_model(file: ModelFile, num_threads: int | None = None) -> Model:
+def load_model(file: ModelFile, num_threads: int | None = 1) -> Model:
     if file.runtime == LITERT:
         return LiteRtModel(file.path.read_bytes(), num_threads=num_threads)
     return KerasModel(file.path)
@@ -83,7 +83,7 @@ class LiteRtModel:
 
     runtime = LITERT
 
-    def __init__(self, content: bytes, num_threads: int | None = None) -> None:
+    def __init__(self, content: bytes, num_threads: int | None = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self._factory = lambda: Interpreter(model_content=content, num_threads=num_threads)

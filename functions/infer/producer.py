@@ -36,7 +36,7 @@ class DeliveringProducer:
             "bootstrap.servers": bootstrap,
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 1,  # concurrent requests share produce batches
+            "linger.ms": 2,  # concurrent requests share produce requests; lone ones wait little
             "message.timeout.ms": int(timeout_s * 1000),
             **(config or {}),
         })
