@@ -74,7 +74,8 @@ class KafkaBroker:
             cluster_file.write_text(_cluster_id())
         tools._run(
             [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-             "-t", cluster_file.read_text().strip(), "-c", str(config), "--ignore-formatted"],
+             f"--cluster-id={cluster_file.read_text().strip()}", "-c", str(config),
+             "--ignore-formatted"],
             "formatting the Kafka storage",
             120,
         )
