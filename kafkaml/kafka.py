@@ -269,11 +269,19 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int
 
 def follow(bootstrap: str, topic: str, start: dict[int, int], idle_timeout_s: float
            ) -> Iterator[Any]:
-    """Records of ``topic`` from ``start`` offsets on; stops after ``idle_timeout_s`` of silence."""
+    """Records of ``topic`` from ``start`` offsets (0 for partitions not named) on; stops after
+    ``idle_timeout_s`` of silence."""
     consumer = _reader(bootstrap, {"enable.partition.eof": False})
     try:
-        consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
         last = time.monotonic()
+        partitions: list[int] = []
+        while not partitions and time.monotonic() - last < idle_timeout_s:
+            md = consumer.list_topics(topic, timeout=5).topics.get(topic)
+            if md is not None and md.error is None:
+                partitions = sorted(md.partitions)
+            else:
+                time.sleep(0.2)  # a topic created a moment ago: metadata not there yet
+        consumer.assign([TopicPartition(topic, p, start.get(p, 0)) for p in partitions])
         while time.monotonic() - last < idle_timeout_s:
             for msg in consumer.consume(500, timeout=0.5):
                 if msg.error() is None:

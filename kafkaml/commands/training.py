@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from kafkaml.commands.common import console, err_console, friendly_errors, load_settings
 from kafkaml.errors import BadRequest
@@ -161,10 +160,11 @@ def show(run_id: str = typer.Argument(..., help="Run id (printed by kml train)."
                 f"{k} {v:.4f}" for k, v in scores.items()))
             if result.get("tflite_error"):
                 console.print(f"tflite: {result['tflite_error']}")
-            table = Table("artifact", "key", "URL (1 h)")
             for filename, key in sorted(result.get("artifacts", {}).items()):
-                table.add_row(filename, key, registry.store.presigned_get(key))
-            console.print(table)
+                console.print(f"  {filename:<22} s3://{registry.store.bucket}/{key}",
+                              soft_wrap=True, highlight=False)
+                console.print(f"    {registry.store.presigned_get(key)}", soft_wrap=True,
+                              highlight=False, markup=False)
 
 
 @datasources_app.command("reuse")

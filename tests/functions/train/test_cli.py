@@ -1,0 +1,82 @@
+"""``kml train`` follows a real run; ``kml runs show``; ``kml datasources reuse`` retrains."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kafkaml.cli import app
+from kafkaml.commands.training import load_data
+from kafkaml.wire import parse_control_message
+from tests.functions.train.conftest import consume_all, digits
+
+pytestmark = pytest.mark.integration
+
+
+def _bridge(harness, count: int, replies: list) -> threading.Thread:
+    """Plays KafkaSource: waits for ``count`` control records and delivers the newest."""
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                records = consume_all(harness.settings.kafka_bootstrap,
+                                      harness.settings.control_topic, timeout_s=2)
+            except Exception:
+                records = []
+            if len(records) >= count:
+                replies.append(harness.deliver(records[count - 1]))
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_train_follow_show_and_reuse(harness, monkeypatch, tmp_path, unique):
+    for name, value in harness.settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    x, y = digits()
+    data = tmp_path / "digits.npz"
+    np.savez(data, x=x[:400], y=y[:400])
+    deployment = harness.deployment(epochs=2)
+    replies: list = []
+    bridge = _bridge(harness, 1, replies)
+    result = CliRunner().invoke(app, ["train", "--deployment", deployment, "--data", str(data),
+                                      "--topic", f"cli-{unique}", "--test-rate", "0.25",
+                                      "--timeout", "120"])
+    bridge.join(10)
+    assert result.exit_code == 0, result.output
+    assert replies and replies[0].status == 200
+    run = replies[0].body
+    assert f"run {run['run_id']}: succeeded" in result.output
+    assert "model.tflite" in result.output and "X-Amz-Signature" in result.output
+
+    other = harness.deployment(epochs=1)
+    bridge = _bridge(harness, 2, replies)
+    result = CliRunner().invoke(app, ["datasources", "reuse", run["datasource_id"],
+                                      "--deployment", other])
+    bridge.join(60)
+    assert result.exit_code == 0, result.output
+    [_, reused] = consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)
+    message = parse_control_message(reused.value(), reused.key())
+    assert message.deployment_id == other and message.ranges
+    assert replies[1].status == 200 and replies[1].body["deployment_id"] == other
+    assert replies[1].body["run_id"] != run["run_id"]
+    assert replies[1].body["datasource_id"] == run["datasource_id"]
+
+    missing = CliRunner().invoke(app, ["runs", "show", "run-does-not-exist"])
+    assert missing.exit_code == 1 and "no run" in missing.output
+
+
+def test_load_data_npz_and_csv(tmp_path):
+    np.savez(tmp_path / "a.npz", features=np.ones((3, 2)), labels=np.arange(3))
+    x, y = load_data(tmp_path / "a.npz")
+    assert x.shape == (3, 2) and y.tolist() == [0, 1, 2]
+    (tmp_path / "b.csv").write_text("f1,f2,label\n0.5,1.5,1\n2.0,3.0,0\n")
+    x, y = load_data(tmp_path / "b.csv")
+    assert x.tolist() == [[0.5, 1.5], [2.0, 3.0]] and y.dtype == np.int64
