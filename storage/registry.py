@@ -77,11 +77,19 @@ class Registry:
         """Store a new immutable version; ``definition['version']`` pins it (409 if it exists)."""
         check_name("name", name)
         body = {k: v for k, v in definition.items() if k not in ("name", "version")}
-        if keras_file is not None:
-            key = f"models/{name}/files/{uuid.uuid4().hex}.keras"
-            self._store.put(key, keras_file, content_type="application/octet-stream")
-            body.update(format="keras_file", keras_file=key)
-        wanted = definition.get("version")
+        if keras_file is None:
+            return self._register_version(name, body, definition.get("version"))
+        key = f"models/{name}/files/{uuid.uuid4().hex}.keras"
+        self._store.put(key, keras_file, content_type="application/octet-stream")
+        body.update(format="keras_file", keras_file=key)
+        try:
+            return self._register_version(name, body, definition.get("version"))
+        except Conflict:
+            self._store.delete(key)  # no record points at it
+            raise
+
+    def _register_version(self, name: str, body: dict[str, Any],
+                          wanted: Any) -> dict[str, Any]:
         if wanted is not None:
             if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
                 raise ValidationFailed("invalid version",

@@ -192,3 +192,13 @@ def free_port_store() -> ObjectStore:
     from kafkaml.dev.procs import free_port
 
     return ObjectStore(f"http://127.0.0.1:{free_port()}", "kml", "a", "b", timeout_s=1.0)
+
+
+def test_keras_file_kept_once_and_removed_when_its_version_is_taken(registry, unique):
+    name = f"f-{unique}"
+    first = registry.register_model(name, {**DEFINITION, "version": 1}, keras_file=b"PK-one")
+    assert registry.store.get(first["keras_file"]).body == b"PK-one"
+    with pytest.raises(Conflict):
+        registry.register_model(name, {**DEFINITION, "version": 1}, keras_file=b"PK-two")
+    assert registry.store.list(f"models/{name}/files/") == [first["keras_file"]]
+    assert registry.list_model_versions(name) == [1]
