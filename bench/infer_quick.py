@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,22 @@ def cold_start(deployment, home: Path, instance: list) -> tuple[float, float, st
     return first_s, ready_s or first_s, runtime, proc
 
 
+def cpu_seconds(pgid: int) -> float:
+    """CPU time (user + system) of every process in the group ``pgid`` (gunicorn and workers)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def latencies(url: str, name: str, instances: list, concurrency: int) -> dict[str, float]:
     def call(instance) -> float:
         session = requests.Session()
@@ -120,15 +137,19 @@ def main() -> None:
             publish(stack.kafka_bootstrap, dep.spec["input_topic"],
                     [(digits.inputs[i % len(digits.inputs)].tobytes(), f"k-{i}".encode(), [])
                      for i in range(n)])
+            pgid = procs[-1].pid()
+            cpu_before = cpu_seconds(pgid)
             t = time.perf_counter()
             done = deliver_topic(stack.kafka_bootstrap, dep.spec["input_topic"], url + "/", n,
                                  concurrency=16)
             took = time.perf_counter() - t
+            server_cpu = cpu_seconds(pgid) - cpu_before
             outputs = read_topic(stack.kafka_bootstrap, dep.spec["output_topic"], n)
             ok = sum(d.status == 200 for d in done)
             out["kafka_path"] = {"records": n, "ok": ok, "outputs": len(outputs),
                                  "seconds": round(took, 2), "records_per_s": round(n / took, 1),
-                                 "in_flight": 16}
+                                 "in_flight": 16,
+                                 "server_cpu_ms_per_record": round(server_cpu / n * 1000, 2)}
             console.print(f"Kafka path {out['kafka_path']}")
             metrics = requests.get(f"{url}/metrics", timeout=5).text
             out["batches"] = {line.split(" ")[0]: float(line.split(" ")[1])

@@ -103,7 +103,7 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
 
 def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> None:
     """Park the original bytes on the dead-letter topic with the reason (5xx if Kafka fails)."""
-    reason = error.message
+    reason = getattr(error, "reason", None) or error.message
     if getattr(error, "problems", None):
         reason = f"{reason}: {'; '.join(error.problems)}"
     headers = [

@@ -55,9 +55,8 @@ def start_local_inference(settings: Settings, inference_id: str,
     home = home_of(settings, inference_id)
     proc = Proc("infer", home)
     url_file = home / "url"
-    pid = proc.pid()
-    if pid is not None and url_file.is_file() and readiness(url_file.read_text()) == 200:
-        url = url_file.read_text()
+    if proc.pid() is not None and url_file.is_file():
+        url = url_file.read_text().strip()  # already running (maybe still loading): reuse it
     else:
         proc.stop()
         port = _free_port_from(settings.infer_port)
@@ -65,9 +64,9 @@ def start_local_inference(settings: Settings, inference_id: str,
         proc.start(gunicorn_argv(port), env=infer_env(settings, inference_id),
                    cwd=Path(__file__).resolve().parents[2])
         url_file.write_text(url)
-        proc.wait_until(lambda: readiness(url) == 200, f"inference {inference_id} to be ready",
-                        timeout_s)
-        pid = proc.pid()
+    proc.wait_until(lambda: readiness(url) == 200, f"inference {inference_id} to be ready",
+                    timeout_s)
+    pid = proc.pid()
     register_with_bridge(settings, inference_id, url)
     assert pid is not None
     return url, pid
@@ -88,7 +87,6 @@ def stop_local_inference(settings: Settings, inference_id: str) -> bool:
 def register_with_bridge(settings: Settings, inference_id: str, url: str) -> Path:
     """Write the deployment's KafkaSource and its service URL where the bridge reads them."""
     from kafkaml.manifests import render_inference_manifests, to_yaml
-
     from storage.registry import Registry
 
     spec = Registry.from_settings(settings).get_inference(inference_id)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from functions.infer.local import start_local_inference, stop_local_inference
 from kafkaml.cli import app
+from storage.registry import Registry
 from tests.functions.infer.conftest import deploy
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,11 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
     printed = runner.invoke(app, ["deploy", "inference", deployment.id, "--state-dir", state])
     assert printed.exit_code == 0, printed.output
     kinds = [d["kind"] for d in yaml.safe_load_all(printed.output)]
-    assert kinds == ["Service", "KafkaSource"]
+    assert kinds == ["Service", "KafkaSource"]  # rendered from the spec: nothing stored yet
+    stored = printed.output.replace("namespace: default", "namespace: stored-by-register")
+    Registry.from_settings(stack).put_inference_manifests(deployment.id, stored)
+    again = runner.invoke(app, ["deploy", "inference", deployment.id, "--state-dir", state])
+    assert again.exit_code == 0 and again.output == stored  # what register stored wins
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -90,4 +95,4 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
                                   "--state-dir", state])
     assert applied.exit_code == 0, applied.output
     assert "applied apply -f -" in applied.output
-    assert received.read_text() == printed.output
+    assert received.read_text() == stored
