@@ -26,11 +26,15 @@ run (``runs/<run-id>/status.json``; claimed -> running -> succeeded | failed)
     is not ``permanent`` may be claimed again (a redelivery retries it).
 inference (``inference/<id>.json``, manifests at ``inference/<id>.yaml``)
     id, run_id, model, input_format (RAW | AVRO | JSON), input_config, input_topic,
-    output_topic, min_scale, max_scale, target_concurrency, created.
+    output_topic, min_scale, max_scale, target_concurrency, created; image when chosen.
+event (``events/<sha256(source, id)>.json``; an addition to DESIGN.md's layout)
+    source, id, type, answer: the record a create event produced, so that a redelivered event
+    (KafkaSource delivers at least once) gets the same answer instead of a second version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -319,6 +323,29 @@ class Registry:
 
     def list_inference(self) -> list[dict[str, Any]]:
         return self._read_all("inference/")
+
+    # -- delivered events (at-least-once delivery must not create twice) -----------------------
+    def find_event(self, source: str, event_id: str) -> dict[str, Any] | None:
+        """The remembered answer to the CloudEvent ``(source, id)``, or None."""
+        try:
+            return self._read(self._event_key(source, event_id))
+        except NotFound:
+            return None
+
+    def remember_event(self, source: str, event_id: str, event_type: str,
+                       answer: dict[str, Any]) -> None:
+        """Keep the answer to ``(source, id)`` so a redelivery gets it instead of a new record."""
+        record = stamped({"source": source, "id": event_id, "type": event_type,
+                          "answer": answer})
+        try:
+            self._store.put_json(self._event_key(source, event_id), record, if_none_match=True)
+        except PreconditionFailed:
+            pass  # a concurrent delivery of the same event remembered it first
+
+    @staticmethod
+    def _event_key(source: str, event_id: str) -> str:
+        digest = hashlib.sha256(f"{source}\n{event_id}".encode()).hexdigest()[:32]
+        return f"events/{digest}.json"
 
     # -- plumbing -----------------------------------------------------------------------------
     @staticmethod

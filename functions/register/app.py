@@ -54,10 +54,15 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             raise InvalidEvent(f"unknown CloudEvent type {event.type!r}; register takes "
                                f"{', '.join(routes)}", ce_type=event.type)
         answer_type, handle = routes[event.type]
-        record = handle(event.json())
+        seen = registry.find_event(event.source, event.id)
+        if seen is not None and seen.get("type") == event.type:
+            record, status = seen["answer"], 200  # a redelivery: the first answer again
+        else:
+            record, status = handle(event.json()), 201
+            registry.remember_event(event.source, event.id, event.type, record)
         subject = str(record.get("id") or record.get("name") or event.id)
         reply = events.new_event(answer_type, SOURCE, record, subject=subject)
-        return event_response(reply, 201)
+        return event_response(reply, status)
 
     @app.get("/models")
     def models():

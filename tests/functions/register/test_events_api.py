@@ -151,3 +151,22 @@ def test_storage_unreachable_is_503(app_settings):
 
 def test_readiness_when_storage_answers(client):
     assert client.get("/health/readiness").status_code == 200
+
+
+def test_redelivered_event_gets_the_first_answer(client, model_json, unique):
+    """KafkaSource delivers at least once: the same (source, id) must not add a version."""
+    from kafkaml.events import Event, to_http
+
+    event = Event(type=MODEL_REGISTER, source="/apis/v1/namespaces/kml/kafkasources/kml-models",
+                  id=f"partition:0/offset:{unique}", data=model_event(f"r-{unique}", model_json))
+    headers, body = to_http(event)
+    first = client.post("/", headers=headers, data=body)
+    again = client.post("/", headers=headers, data=body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert answer(first)[1] == answer(again)[1]
+    assert [m["versions"] for m in client.get("/models").get_json()
+            if m["name"] == f"r-{unique}"] == [[1]]
+    other = Event(type=MODEL_REGISTER, source=event.source, id=f"partition:0/offset:x{unique}",
+                  data=event.data)
+    headers, body = to_http(other)
+    assert answer(client.post("/", headers=headers, data=body))[1]["version"] == 2
