@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80)
     return buf.getvalue()
 
 
@@ -27,7 +27,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def confusion_matrix_png(matrix: np.ndarray, title: str) -> bytes:
     k = matrix.shape[0]
-    fig = Figure(figsize=(max(4, k * 0.6), max(3.5, k * 0.55)))
+    fig = Figure(figsize=(max(4, k * 0.6), max(3.5, k * 0.55)), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -44,7 +44,7 @@ def confusion_matrix_png(matrix: np.ndarray, title: str) -> bytes:
 def curves_png(history: Mapping[str, Sequence[float]], title: str) -> bytes:
     """One panel per metric, training and validation curves over epochs."""
     names = [n for n in history if not n.startswith("val_")]
-    fig = Figure(figsize=(5 * max(1, len(names)), 3.5))
+    fig = Figure(figsize=(5 * max(1, len(names)), 3.5), layout="constrained")
     for i, name in enumerate(names or ["loss"]):
         ax = fig.add_subplot(1, max(1, len(names)), i + 1)
         for key, label in ((name, "train"), (f"val_{name}", "validation")):

@@ -43,7 +43,7 @@ def test_train_follow_show_and_reuse(harness, monkeypatch, tmp_path, unique):
     x, y = digits()
     data = tmp_path / "digits.npz"
     np.savez(data, x=x[:400], y=y[:400])
-    deployment = harness.deployment(epochs=2)
+    deployment = harness.deployment(epochs=1)
     replies: list = []
     bridge = _bridge(harness, 1, replies)
     result = CliRunner().invoke(app, ["train", "--deployment", deployment, "--data", str(data),
