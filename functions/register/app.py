@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Flask
 
-from functions.register import handlers
+from functions.register import handlers, validator
 from kafkaml import events
 from kafkaml.errors import InvalidEvent, ValidationFailed
 from kafkaml.settings import Settings
@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     configure_logging(settings.log_level)
     app = Flask("kml-register")
     install_common(app, settings, ready=registry.ensure_ready)
+    validator.warm_up()
 
     routes: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
         events.MODEL_REGISTER: (events.MODEL_REGISTERED,

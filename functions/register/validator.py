@@ -73,9 +73,15 @@ def validate(data: dict[str, Any]) -> tuple[ValidatedModel, bytes | None]:
     return value
 
 
+def _import_keras() -> str:
+    import keras
+
+    return keras.__version__
+
+
 def warm_up() -> None:
-    """Start the child now (it imports TensorFlow lazily on its first model)."""
-    _executor()
+    """Start the child and let it import Keras in the background, so the first model is quick."""
+    _executor().submit(_import_keras)
 
 
 def shutdown() -> None:

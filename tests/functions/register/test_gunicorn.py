@@ -29,7 +29,7 @@ def served(app_settings, tmp_path):
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded CI machine
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{url}/health/readiness", timeout=2).status_code == 200:
@@ -39,7 +39,8 @@ def served(app_settings, tmp_path):
             assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
             time.sleep(0.3)
         else:
-            pytest.fail("register did not become ready under gunicorn")
+            pytest.fail("register did not become ready under gunicorn: "
+                        + (tmp_path / "gunicorn.log").read_text()[-2000:])
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
