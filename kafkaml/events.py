@@ -1,4 +1,4 @@
-"""CloudEvent types and the Flask <-> CloudEvents binding (cloudevents 2.x, binary and structured)."""
+"""CloudEvent types and the Flask <-> CloudEvents binding (cloudevents 2.x, both content modes)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,13 @@ class _BodyAsIs(JSONFormat):
 
     def read_data(self, body: bytes, datacontenttype: str | None):
         return bytes(body) if body else None
+
+
+class _JsonValues(JSONFormat):
+    """JSON format that writes any JSON value (not only objects) as JSON in binary mode."""
+
+    def write_data(self, data, datacontenttype):
+        return json.dumps(data).encode()
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class Event:
         attrs = {"specversion": "1.0", **self.attributes, "type": self.type,
                  "source": self.source, "id": self.id}
         attrs.setdefault("time", datetime.now(UTC))
-        if isinstance(self.data, (dict, list)):
+        if isinstance(self.data, (dict, list, int, float, bool)):
             attrs.setdefault("datacontenttype", "application/json")
         return CloudEvent(attrs, self.data)
 
@@ -122,7 +129,13 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
 def to_http(event: Event, structured: bool = False) -> tuple[dict[str, str], bytes]:
     """Headers and body for sending ``event``; binary mode unless ``structured``."""
     ce = event.to_cloudevent()
-    msg = ce_http.to_structured(ce, JSONFormat()) if structured else ce_http.to_binary(ce, JSONFormat())
+    if structured:
+        msg = ce_http.to_structured(ce, JSONFormat())
+    else:
+        # The SDK writes only dict data as JSON in binary mode; any other JSON value (a list of
+        # instances, a number) goes through json.dumps here so the body is always valid JSON.
+        fmt = _JsonValues() if isinstance(event.data, (list, int, float, bool)) else JSONFormat()
+        msg = ce_http.to_binary(ce, fmt)
     return dict(msg.headers), msg.body
 
 
