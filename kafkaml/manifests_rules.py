@@ -37,7 +37,12 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def check_autoscaling(annotations: dict[str, str]) -> list[str]:
+SCALE_TO_ZERO = {"kml-register", "kml-train", "kml-infer"}
+"""The project's own functions must scale to zero; an inference deployment's min-scale is the
+operator's choice (its spec's ``min_scale``)."""
+
+
+def check_autoscaling(annotations: dict[str, str], scale_to_zero: bool = True) -> list[str]:
     found: list[str] = []
     scale = {}
     for name in ("min-scale", "max-scale", "initial-scale"):
@@ -51,7 +56,7 @@ def check_autoscaling(annotations: dict[str, str]) -> list[str]:
     for name in ("min-scale", "max-scale"):
         if AUTOSCALING + name not in annotations:
             found.append(f"{AUTOSCALING}{name} is not set")
-    if scale.get("min-scale", 0) != 0:
+    if scale_to_zero and scale.get("min-scale", 0) != 0:
         found.append(f"{AUTOSCALING}min-scale must be \"0\" so the function scales to zero")
     lo, hi = scale.get("min-scale"), scale.get("max-scale")
     if lo is not None and hi not in (None, 0) and lo > hi:
@@ -91,7 +96,9 @@ def check_container(c: dict[str, Any], prefix: str) -> list[str]:
 def check_knative_service(doc: dict[str, Any]) -> list[str]:
     template = (doc.get("spec") or {}).get("template") or {}
     spec = template.get("spec") or {}
-    found = check_autoscaling(((template.get("metadata") or {}).get("annotations")) or {})
+    annotations = ((template.get("metadata") or {}).get("annotations")) or {}
+    name = (doc.get("metadata") or {}).get("name", "")
+    found = check_autoscaling(annotations, scale_to_zero=name in SCALE_TO_ZERO)
     timeout = spec.get("timeoutSeconds")
     if not isinstance(timeout, int) or not 0 < timeout <= MAX_TIMEOUT_S:
         found.append(f"spec.template.spec.timeoutSeconds={timeout!r} must be set, "

@@ -117,3 +117,13 @@ def test_containerfiles_keep_tensorflow_out_of_infer():
     infer = (images / "infer.Containerfile").read_text()
     assert '".[infer]"' in infer and ".[train]" not in infer
     assert "functions.register.app:create_app()" in (images / "register.Containerfile").read_text()
+
+
+def test_only_the_project_functions_must_scale_to_zero():
+    from kafkaml.manifests_rules import check_autoscaling
+
+    warm = {"autoscaling.knative.dev/min-scale": "2", "autoscaling.knative.dev/max-scale": "5"}
+    assert check_autoscaling(warm, scale_to_zero=False) == []
+    assert any("scales to zero" in p for p in check_autoscaling(warm, scale_to_zero=True))
+    inverted = {"autoscaling.knative.dev/min-scale": "6", "autoscaling.knative.dev/max-scale": "5"}
+    assert any("> max-scale" in p for p in check_autoscaling(inverted, scale_to_zero=False))
