@@ -34,7 +34,7 @@ def served(app_settings, tmp_path):
             try:
                 if requests.get(f"{url}/health/readiness", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy to answer in 2 s
                 pass
             assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
             time.sleep(0.3)
