@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from bench.common import Result, bench_stack, console
+from bench.common import RESULTS, Result, bench_stack, console
 from bench.infer_common import ROOT, Deployment, DigitsModel, deploy, digits_model, readiness, spawn
 from kafkaml.dev.procs import Proc, free_port
 from kafkaml.events import TRAINING_PROGRESS
@@ -84,6 +86,37 @@ def post_worker_init(worker):
 
     dataset.load, service.train_model = probed_load, probed_train_model
 '''
+LITERT_STEPS = """
+import json, time
+import numpy as np
+laps, last = {}, [time.perf_counter()]
+def lap(name):
+    now = time.perf_counter()
+    laps[name], last[0] = now - last[0], now
+import gunicorn.app.wsgiapp, gunicorn.workers.gthread
+lap("import gunicorn")
+import functions.infer.app
+lap("import the infer app (Flask, boto3, confluent-kafka, prometheus-client, cloudevents)")
+from functions.infer.model import fetch_model, load_model
+from kafkaml.settings import Settings
+from storage.registry import Registry
+settings = Settings.from_env()
+registry = Registry.from_settings(settings)
+lap("S3 client")
+spec = registry.get_inference(settings.inference_id)
+lap("read the inference spec from MinIO")
+file = fetch_model(registry, spec, settings.model_cache_dir)
+lap("look up and download model.tflite")
+import ai_edge_litert.interpreter
+lap("import ai_edge_litert")
+model = load_model(file)
+lap("create the LiteRT interpreter")
+model.predict(np.zeros((1, 8, 8), np.float32))
+lap("first predict")
+print(json.dumps(laps))
+"""
+"""The LiteRT start's steps, in one process and the main thread (the app loads the model in a
+background thread, which a profiler of the main thread would not see)."""
 TRAIN_SPLIT = (
     ("event -> registry work done (deployment, run claim)", "sent", "data_read_begin"),
     ("data read + decode + split (1,797 records)", "data_read_begin", "data_read_end"),
@@ -152,10 +185,38 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
                                 "runs": ", ".join(f"{v:.2f}" for v in values)})
     first = {name: statistics.median(m["first prediction"] for m in marks)
              for name, marks in runs.items()}
+    RESULTS.mkdir(exist_ok=True)
+    litert_steps(settings, deps["LiteRT"], result)
     result.ratios["infer cold start (first prediction): Keras / LiteRT"] = (
         first["Keras"] / first["LiteRT"])
     result.ratios["infer cold start with LiteRT: seconds / 1 s"] = first["LiteRT"]
     result.targets["infer cold start with LiteRT: seconds / 1 s"] = "<= 1x (1 s)"
+
+
+def litert_steps(settings: Settings, dep: Deployment, result: Result) -> None:
+    """Time the LiteRT start's steps (notes), and profile them with pyinstrument into
+    ``bench/results/cold_start_litert.pyinstrument.txt``."""
+    laps: dict[str, float] = {}
+    for profiled in (False, True):
+        env = {**dep.settings.replace(
+            model_cache_dir=str(Path(settings.state_dir) / f"cache-{uuid.uuid4().hex[:8]}"),
+        ).to_env()}
+        argv = [sys.executable, "-c", LITERT_STEPS]
+        if profiled:
+            argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o",
+                    str(RESULTS / "cold_start_litert.pyinstrument.txt"), "-c", LITERT_STEPS]
+        done = subprocess.run(argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True,
+                              text=True, timeout=300)
+        if done.returncode != 0:
+            result.notes.append(f"the LiteRT start could not be profiled: {done.stderr[-300:]}")
+            return
+        if not profiled:
+            laps = json.loads(done.stdout.strip().splitlines()[-1])
+    total = sum(laps.values())
+    result.notes.append(
+        f"LiteRT start, step by step in one process ({total:.2f}s in all, Python's own start "
+        "not included): " + "; ".join(f"{k} {v:.2f}s" for k, v in
+                                       sorted(laps.items(), key=lambda kv: -kv[1])))
 
 
 # -- train ----------------------------------------------------------------------------------------
