@@ -1,0 +1,1 @@
+"""The infer function: one process serves one inference deployment (Kafka and HTTP paths)."""

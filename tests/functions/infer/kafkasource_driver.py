@@ -56,7 +56,7 @@ def ce_headers(topic: str, partition: int, offset: int, key: bytes | None,
 
 
 def deliver_topic(bootstrap: str, topic: str, url: str, expected: int, *, concurrency: int = 16,
-                  timeout_s: float = 120.0) -> list[Delivery]:
+                  timeout_s: float = 60.0) -> list[Delivery]:
     """Deliver the first ``expected`` records of every partition of ``topic`` to ``url``."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"driver-{topic}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -85,6 +85,8 @@ def deliver_topic(bootstrap: str, topic: str, url: str, expected: int, *, concur
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"only {seen} of {expected} records on {topic}")
                 batch = [m for m in consumer.consume(500, timeout=1.0) if m.error() is None]
+                if batch:
+                    deadline = time.monotonic() + timeout_s  # bounded silence, not total time
                 seen += len(batch)
                 deliveries.extend(pool.map(post, batch))
     finally:

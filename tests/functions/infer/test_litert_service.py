@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -77,7 +78,9 @@ def kafka_run(stack, digits, litert):
 def test_every_record_gives_exactly_one_keyed_prediction(digits, kafka_run):
     deliveries, outputs = kafka_run
     ok = [d for d in deliveries if d.status == 200]
-    assert len(ok) == N and len(outputs) == N
+    odd = Counter((d.status, d.body[:120]) for d in deliveries if d.status != 200)
+    assert len(ok) == N, odd
+    assert len(outputs) == N
     n_inputs = len(digits.inputs)
     expected_keys = {f"k-{i}" for i in range(N) if _key(i) is not None}
     by_key = {m.key().decode(): m for m in outputs}
