@@ -186,7 +186,7 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
     first = {name: statistics.median(m["first prediction"] for m in marks)
              for name, marks in runs.items()}
     RESULTS.mkdir(exist_ok=True)
-    litert_steps(settings, deps["LiteRT"], result)
+    laps = litert_steps(settings, deps["LiteRT"], result)
     result.ratios["infer cold start (first prediction): Keras / LiteRT"] = (
         first["Keras"] / first["LiteRT"])
     result.ratios["infer cold start with LiteRT: seconds / 1 s"] = first["LiteRT"]
@@ -197,15 +197,17 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
             f"LiteRT cold start misses 1 s: {listening:.2f}s pass before gunicorn listens "
             "(interpreter, gunicorn, the app's imports: Flask, confluent-kafka, "
             "prometheus-client, cloudevents), the rest loading the model, where creating the "
-            "boto3 S3 client (importing botocore and its service model) costs more than the "
-            "download, the LiteRT import and the interpreter together (profile: "
+            f"boto3 S3 client (importing botocore, its service model) takes "
+            f"{laps.get('S3 client', float('nan')):.2f}s against "
+            f"{sum(v for k, v in laps.items() if 'S3' not in k and 'import' not in k):.2f}s "
+            "for the spec, the download, the interpreter and the first predict (profile: "
             "bench/results/cold_start_litert.pyinstrument.txt). What would fix it: fetch "
             "model.tflite with one signed HTTP GET instead of a boto3 client (or mount it into "
             "the pod), and keep min-scale 1 where the first request must not wait; the Keras "
             "fallback's extra time is the TensorFlow import.")
 
 
-def litert_steps(settings: Settings, dep: Deployment, result: Result) -> None:
+def litert_steps(settings: Settings, dep: Deployment, result: Result) -> dict[str, float]:
     """Time the LiteRT start's steps (notes), and profile them with pyinstrument into
     ``bench/results/cold_start_litert.pyinstrument.txt``."""
     laps: dict[str, float] = {}
@@ -221,7 +223,7 @@ def litert_steps(settings: Settings, dep: Deployment, result: Result) -> None:
                               text=True, timeout=300)
         if done.returncode != 0:
             result.notes.append(f"the LiteRT start could not be profiled: {done.stderr[-300:]}")
-            return
+            return {}
         if not profiled:
             laps = json.loads(done.stdout.strip().splitlines()[-1])
     total = sum(laps.values())
@@ -229,6 +231,7 @@ def litert_steps(settings: Settings, dep: Deployment, result: Result) -> None:
         f"LiteRT start, step by step in one process ({total:.2f}s in all, Python's own start "
         "not included): " + "; ".join(f"{k} {v:.2f}s" for k, v in
                                        sorted(laps.items(), key=lambda kv: -kv[1])))
+    return laps
 
 
 # -- train ----------------------------------------------------------------------------------------
