@@ -31,9 +31,11 @@ def test_local_inference_is_wired_for_the_bridge_and_kml_predict_calls_it(
     settings = deployment.settings
     url, pid = start_local_inference(settings, deployment.id)
     try:
-        again_url, again_pid = start_local_inference(settings, deployment.id)
-        assert (again_url, again_pid) == (url, pid)  # already running: found, not restarted
-        state = os.path.join(settings.state_dir)
+        state = settings.state_dir
+        again = runner.invoke(app, ["deploy", "inference", deployment.id, "--local",
+                                    "--state-dir", state])
+        assert again.exit_code == 0, again.output
+        assert f"{url} (pid {pid})" in again.output  # already running: found, not restarted
         with open(os.path.join(state, "services", f"kml-infer-{deployment.id}.json")) as f:
             assert json.load(f) == {"url": url}
         with open(os.path.join(state, "sources", f"infer-{deployment.id}.yaml")) as f:
