@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -85,8 +86,11 @@ def cpu_seconds(pgid: int) -> float:
 
 
 def latencies(url: str, name: str, instances: list, concurrency: int) -> dict[str, float]:
+    local = threading.local()
+
     def call(instance) -> float:
-        session = requests.Session()
+        session = getattr(local, "session", None) or requests.Session()  # keep-alive per thread
+        local.session = session
         t = time.perf_counter()
         r = session.post(f"{url}/v1/models/{name}:predict", json={"instances": [instance]},
                          timeout=30)
