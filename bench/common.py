@@ -15,8 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kafkaml.dev.procs import free_port
-from kafkaml.dev.stack import Stack, infrastructure
+from kafkaml.dev.stack import Stack, infrastructure, isolated_settings
 from kafkaml.settings import Settings
 
 console = Console()
@@ -33,16 +32,7 @@ def bench_stack(use_running: bool | None = None):
         yield Settings.from_env()
         return
     with tempfile.TemporaryDirectory(prefix="kml-bench-") as state:
-        minio = free_port()
-        kafka = free_port()
-        settings = Settings.from_env(
-            {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"},
-            state_dir=state, kafka_port=kafka, kafka_controller_port=free_port(),
-            minio_port=minio, minio_console_port=free_port(),
-            kafka_bootstrap=f"127.0.0.1:{kafka}", s3_endpoint=f"http://127.0.0.1:{minio}",
-            bucket="kml-bench", register_port=free_port(), train_port=free_port(),
-            infer_port=free_port(),
-        )
+        settings = isolated_settings(state, bucket="kml-bench")
         stack = Stack(settings, parts=infrastructure(settings))
         try:
             stack.up()

@@ -36,6 +36,24 @@ class PartStatus:
     healthy: bool
 
 
+def isolated_settings(state_dir: str, bucket: str = "kml", **overrides) -> Settings:
+    """Settings for a private stack on free ports (tests, benchmarks), whatever else runs here."""
+    import os
+
+    from kafkaml.dev.procs import free_port
+
+    kafka, minio = free_port(), free_port()
+    values = dict(
+        state_dir=state_dir, kafka_port=kafka, kafka_controller_port=free_port(),
+        minio_port=minio, minio_console_port=free_port(),
+        kafka_bootstrap=f"127.0.0.1:{kafka}", s3_endpoint=f"http://127.0.0.1:{minio}",
+        bucket=bucket, register_port=free_port(), train_port=free_port(), infer_port=free_port(),
+    )
+    values.update(overrides)
+    cache = {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"}
+    return Settings.from_env(cache, **values)
+
+
 def infrastructure(settings: Settings) -> list[Part]:
     """Kafka and MinIO: what every other part needs."""
     return [KafkaBroker(settings), MinioServer(settings)]
