@@ -61,7 +61,7 @@ def cold_start(deployment, home: Path, instance: list) -> tuple[float, float, st
             if r.status_code == 200:
                 first_s = time.monotonic() - started
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused while booting, or slow while loading
             pass
         time.sleep(0.01)
     runtime = session.get(f"{url}/v1/models/{deployment.id}", timeout=5).json()["runtime"]

@@ -64,8 +64,12 @@ def start_local_inference(settings: Settings, inference_id: str,
         proc.start(gunicorn_argv(port), env=infer_env(settings, inference_id),
                    cwd=Path(__file__).resolve().parents[2])
         url_file.write_text(url)
-    proc.wait_until(lambda: readiness(url) == 200, f"inference {inference_id} to be ready",
-                    timeout_s)
+    try:
+        proc.wait_until(lambda: readiness(url) == 200, f"inference {inference_id} to be ready",
+                        timeout_s)
+    except StackError:
+        proc.stop()  # never leave a process behind that did not come up
+        raise
     pid = proc.pid()
     register_with_bridge(settings, inference_id, url)
     assert pid is not None

@@ -104,21 +104,29 @@ def serve(deployment: Deployment, home: Path, timeout_s: float = 240.0) -> Serve
     proc = Proc("infer", home)
     served = Served(f"http://127.0.0.1:{port}", proc, time.monotonic())
     proc.start(gunicorn_argv(port), env=infer_env(deployment.settings, deployment.id), cwd=ROOT)
+    try:
+        _wait_ready(served, timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
+    return served
+
+
+def _wait_ready(served: Served, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc.pid() is None:
-            raise AssertionError("infer died:\n" + proc.log_file.read_text()[-3000:])
+        if served.proc.pid() is None:
+            raise AssertionError("infer died:\n" + served.proc.log_file.read_text()[-3000:])
         try:
             status = requests.get(f"{served.url}/health/readiness", timeout=2).status_code
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused while booting, or slow while TF imports
             status = 0
         served.statuses.append(status)
         if status == 200:
             served.ready_at = time.monotonic()
-            return served
+            return
         time.sleep(0.02)
-    proc.stop()
-    raise AssertionError("infer not ready in time:\n" + proc.log_file.read_text()[-3000:])
+    raise AssertionError("infer not ready in time:\n" + served.proc.log_file.read_text()[-3000:])
 
 
 def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None, list]]) -> None:
