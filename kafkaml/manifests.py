@@ -91,7 +91,9 @@ def _kafka_source(spec: dict[str, Any], settings: Settings, name: str,
             "topics": [spec["input_topic"]],
             "consumerGroup": name,
             "initialOffset": "latest",
-            "ordering": "ordered",
+            # Predictions are independent and keyed by their input, so order does not matter:
+            # up to 50 records in flight per partition let the infer micro-batcher fill batches.
+            "ordering": "unordered",
             "delivery": {**DELIVERY, "deadLetterSink": {"ref": {
                 "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink",
                 "name": settings.dlq_topic}}},
