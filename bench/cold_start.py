@@ -96,7 +96,7 @@ def lap(name):
 import gunicorn.app.wsgiapp, gunicorn.workers.gthread
 lap("import gunicorn")
 import functions.infer.app
-lap("import the infer app (Flask, boto3, confluent-kafka, prometheus-client, cloudevents)")
+lap("import the infer app (Flask, confluent-kafka, prometheus-client, cloudevents)")
 from functions.infer.model import fetch_model, load_model
 from kafkaml.settings import Settings
 from storage.registry import Registry
