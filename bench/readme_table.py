@@ -20,7 +20,8 @@ def _fmt(v) -> str:
 
 
 def render() -> str:
-    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))]
+    loaded = (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")))
+    results = [r for r in loaded if {"title", "ratios", "rows"} <= r.keys()]  # Result files only
     m = results[0]["machine"] if results else machine()
     lines = [f"Measured on {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python "
              f"{m['python']}; Kafka and MinIO on loopback on the same machine. Ratios first: "
