@@ -119,7 +119,7 @@ def _avro_schema(config: dict[str, Any], name: str, problems: list[str], require
 # -- shared decoding --------------------------------------------------------------------------
 def _lengths(blobs: Sequence[bytes | None], what: str) -> np.ndarray:
     try:
-        return np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
+        return np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs))
     except TypeError:
         index = next(i for i, b in enumerate(blobs) if b is None)
         raise UndecodableRecord(f"has no {what}", index) from None

@@ -13,7 +13,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaml.errors import PayloadTooLarge, Unavailable, ValidationFailed
@@ -56,6 +63,8 @@ def _reader(bootstrap: str, config: dict[str, Any] | None) -> Consumer:
         "enable.partition.eof": True,
         "auto.offset.reset": "error",
         "socket.timeout.ms": 10000,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,  # one partition at a time: fetch big
+        "fetch.max.bytes": 64 * 1024 * 1024,
         **(config or {}),
     })
 
@@ -103,63 +112,69 @@ def read_offset_ranges(bootstrap: str, ranges: Sequence[OffsetRange], *, timeout
 
 def _read(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange], timeout_s: float,
           batch_size: int) -> RangeRecords:
-    pending = {(r.topic, r.partition): r for r in ranges if r.count > 0}
-    got: dict[tuple[str, int], tuple[list[bytes], list[bytes | None]]] = {
-        k: ([], []) for k in pending}
-
-    def finish(key: tuple[str, int]) -> None:
-        pending.pop(key, None)
-        consumer.pause([TopicPartition(*key)])
-
-    consumer.assign([TopicPartition(r.topic, r.partition, r.start) for r in pending.values()])
-    deadline = time.monotonic() + timeout_s
-    while pending:
-        if time.monotonic() > deadline:
-            missing = ", ".join(f"{r} (read {len(got[k][0])})" for k, r in pending.items())
-            raise Unavailable(f"Kafka at {bootstrap} sent nothing for {timeout_s:g}s; "
-                              f"unfinished ranges: {missing}")
-        try:
-            batch = consumer.consume(batch_size, timeout=1.0)
-        except KafkaException as e:
-            raise _unavailable(bootstrap, "reading records", e) from None
-        for msg in batch:
-            key = (msg.topic(), msg.partition())
-            r = pending.get(key)
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    if r is not None and msg.offset() >= r.end:
-                        finish(key)
-                    continue
-                if err.code() in _OUT_OF_RANGE:
-                    raise OffsetRangeUnavailable(
-                        f"offset range {r or key} is no longer available: {err.str()}",
-                        [f"{r or key}: {err.str()}"])
-                if err.fatal() or not err.retriable():
-                    raise Unavailable(f"Kafka at {bootstrap}: {err.str()}")
-                continue
-            if r is None:
-                continue
-            offset = msg.offset()
-            if offset >= r.end:
-                finish(key)
-                continue
-            if offset < r.start:
-                continue
-            values, keys = got[key]
-            values.append(msg.value())
-            keys.append(msg.key())
-            if offset >= r.end - 1:
-                finish(key)
-        if batch:
-            deadline = time.monotonic() + timeout_s
     out = RangeRecords()
     for r in ranges:
-        values, keys = got.get((r.topic, r.partition), ([], []))
+        values, keys = _read_range(consumer, bootstrap, r, timeout_s, batch_size)
         out.values += values
         out.keys += keys
         out.counts[str(r)] = len(values)
     return out
+
+
+def _read_range(consumer: Consumer, bootstrap: str, r: OffsetRange, timeout_s: float,
+                batch_size: int) -> tuple[list[bytes], list[bytes | None]]:
+    """One partition's ``[start, end)``, a batch at a time: per message only ``error()``,
+    ``value()`` and ``key()``, mapped in C; offsets are read only in the batch crossing the end."""
+    values: list[bytes] = []
+    keys: list[bytes | None] = []
+    if r.count <= 0:
+        return values, keys
+    consumer.assign([TopicPartition(r.topic, r.partition, r.start)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"Kafka at {bootstrap} sent nothing for {timeout_s:g}s; "
+                                  f"unfinished range: {r} (read {len(values)})")
+            try:
+                batch = consumer.consume(batch_size, timeout=1.0)
+            except KafkaException as e:
+                raise _unavailable(bootstrap, "reading records", e) from None
+            if not batch:
+                continue
+            deadline = time.monotonic() + timeout_s
+            if any(map(Message.error, batch)):
+                batch, eof = _without_errors(batch, bootstrap, r)
+            else:
+                eof = False
+            if batch and batch[-1].offset() >= r.end - 1:
+                batch = [m for m in batch if m.offset() < r.end]
+                values += map(Message.value, batch)
+                keys += map(Message.key, batch)
+                return values, keys
+            values += map(Message.value, batch)
+            keys += map(Message.key, batch)
+            if eof:  # the partition ends before ``end`` (records compacted or transactional)
+                return values, keys
+    finally:
+        consumer.unassign()
+
+
+def _without_errors(batch: list, bootstrap: str, r: OffsetRange) -> tuple[list, bool]:
+    """The batch's records, and whether the end of the partition was reached at or past ``end``."""
+    good, eof = [], False
+    for msg in batch:
+        err = msg.error()
+        if err is None:
+            good.append(msg)
+        elif err.code() == KafkaError._PARTITION_EOF:
+            eof = eof or msg.offset() >= r.end
+        elif err.code() in _OUT_OF_RANGE:
+            raise OffsetRangeUnavailable(f"offset range {r} is no longer available: {err.str()}",
+                                         [f"{r}: {err.str()}"])
+        elif err.fatal() or not err.retriable():
+            raise Unavailable(f"Kafka at {bootstrap}: {err.str()}")
+    return good, eof
 
 
 class ConfirmingProducer:
