@@ -36,7 +36,7 @@ from kafkaml.kafka import ConfirmingProducer, end_offsets, ensure_topic, follow
 from kafkaml.settings import Settings
 from storage.registry import Registry
 
-PROBE = '''
+PROBE = """
 import json, os, time
 
 
@@ -85,7 +85,7 @@ def post_worker_init(worker):
             keras.Model.fit = fit
 
     dataset.load, service.train_model = probed_load, probed_train_model
-'''
+"""
 LITERT_STEPS = """
 import json, time
 import numpy as np
@@ -148,14 +148,18 @@ def infer_start(dep: Deployment, instance: list, cache: Path) -> tuple[dict[str,
                 marks["ready"] = now
                 break
             time.sleep(0.01)
-        r = session.post(f"{served.url}/v1/models/{dep.id}:predict",
-                         json={"instances": [instance]}, timeout=60)
+        r = session.post(
+            f"{served.url}/v1/models/{dep.id}:predict", json={"instances": [instance]}, timeout=60
+        )
         r.raise_for_status()
         marks["first prediction"] = time.monotonic() - served.spawned
         meta = session.get(f"{served.url}/v1/models/{dep.id}", timeout=10).json()
         metrics = session.get(f"{served.url}/metrics", timeout=10).text
-        load = [line.split()[1] for line in metrics.splitlines()
-                if line.startswith("kml_infer_model_load_seconds ")]
+        load = [
+            line.split()[1]
+            for line in metrics.splitlines()
+            if line.startswith("kml_infer_model_load_seconds ")
+        ]
         marks["model fetch + load (in the process)"] = float(load[0]) if load else float("nan")
     finally:
         served.stop()
@@ -163,8 +167,10 @@ def infer_start(dep: Deployment, instance: list, cache: Path) -> tuple[dict[str,
 
 
 def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, result: Result) -> None:
-    deps = {"LiteRT": deploy(settings, model, tflite=True),
-            "Keras": deploy(settings, model, tflite=False)}
+    deps = {
+        "LiteRT": deploy(settings, model, tflite=True),
+        "Keras": deploy(settings, model, tflite=False),
+    }
     instance = model.inputs[0].tolist()
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in deps}
     for i in range(starts):
@@ -178,17 +184,23 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
     for name, marks in runs.items():
         for interval in marks[0]:
             values = [m[interval] for m in marks]
-            result.rows.append({"function": f"infer ({name})",
-                                "interval": f"spawn -> {interval}" if "load" not in interval
-                                else interval,
-                                "median s": statistics.median(values),
-                                "runs": ", ".join(f"{v:.2f}" for v in values)})
-    first = {name: statistics.median(m["first prediction"] for m in marks)
-             for name, marks in runs.items()}
+            result.rows.append(
+                {
+                    "function": f"infer ({name})",
+                    "interval": f"spawn -> {interval}" if "load" not in interval else interval,
+                    "median s": statistics.median(values),
+                    "runs": ", ".join(f"{v:.2f}" for v in values),
+                }
+            )
+    first = {
+        name: statistics.median(m["first prediction"] for m in marks)
+        for name, marks in runs.items()
+    }
     RESULTS.mkdir(exist_ok=True)
     laps = litert_steps(settings, deps["LiteRT"], result)
     result.ratios["infer cold start (first prediction): Keras / LiteRT"] = (
-        first["Keras"] / first["LiteRT"])
+        first["Keras"] / first["LiteRT"]
+    )
     result.ratios["infer cold start with LiteRT: seconds / 1 s"] = first["LiteRT"]
     result.targets["infer cold start with LiteRT: seconds / 1 s"] = "<= 1x (1 s)"
     if first["LiteRT"] > 1.0:
@@ -204,7 +216,8 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
             "bench/results/cold_start_litert.pyinstrument.txt). What would fix it: fetch "
             "model.tflite with one signed HTTP GET instead of a boto3 client (or mount it into "
             "the pod), and keep min-scale 1 where the first request must not wait; the Keras "
-            "fallback's extra time is the TensorFlow import.")
+            "fallback's extra time is the TensorFlow import."
+        )
 
 
 def litert_steps(settings: Settings, dep: Deployment, result: Result) -> dict[str, float]:
@@ -212,15 +225,27 @@ def litert_steps(settings: Settings, dep: Deployment, result: Result) -> dict[st
     ``bench/results/cold_start_litert.pyinstrument.txt``."""
     laps: dict[str, float] = {}
     for profiled in (False, True):
-        env = {**dep.settings.replace(
-            model_cache_dir=str(Path(settings.state_dir) / f"cache-{uuid.uuid4().hex[:8]}"),
-        ).to_env()}
+        env = {
+            **dep.settings.replace(
+                model_cache_dir=str(Path(settings.state_dir) / f"cache-{uuid.uuid4().hex[:8]}"),
+            ).to_env()
+        }
         argv = [sys.executable, "-c", LITERT_STEPS]
         if profiled:
-            argv = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o",
-                    str(RESULTS / "cold_start_litert.pyinstrument.txt"), "-c", LITERT_STEPS]
-        done = subprocess.run(argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True,
-                              text=True, timeout=300)
+            argv = [
+                sys.executable,
+                "-m",
+                "pyinstrument",
+                "-r",
+                "text",
+                "-o",
+                str(RESULTS / "cold_start_litert.pyinstrument.txt"),
+                "-c",
+                LITERT_STEPS,
+            ]
+        done = subprocess.run(
+            argv, env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         if done.returncode != 0:
             result.notes.append(f"the LiteRT start could not be profiled: {done.stderr[-300:]}")
             return {}
@@ -229,8 +254,9 @@ def litert_steps(settings: Settings, dep: Deployment, result: Result) -> dict[st
     total = sum(laps.values())
     result.notes.append(
         f"LiteRT start, step by step in one process ({total:.2f}s in all, Python's own start "
-        "not included): " + "; ".join(f"{k} {v:.2f}s" for k, v in
-                                       sorted(laps.items(), key=lambda kv: -kv[1])))
+        "not included): "
+        + "; ".join(f"{k} {v:.2f}s" for k, v in sorted(laps.items(), key=lambda kv: -kv[1]))
+    )
     return laps
 
 
@@ -243,13 +269,30 @@ def train_setup(settings: Settings, model: DigitsModel) -> tuple[Settings, dict]
     registry = Registry.from_settings(settings)
     registry.ensure_ready()
     name = f"bench-digits-{unique}"
-    registry.register_model(name, {
-        "description": "digits MLP", "format": "keras_json", "keras_json": model.keras_json,
-        "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                    "metrics": ["accuracy"]}})
-    deployment = registry.create_deployment({
-        "models": [name], "batch_size": 32, "epochs": 2, "shuffle": True, "seed": 7,
-        "fit_kwargs": {}, "evaluate_kwargs": {}})
+    registry.register_model(
+        name,
+        {
+            "description": "digits MLP",
+            "format": "keras_json",
+            "keras_json": model.keras_json,
+            "compile": {
+                "optimizer": "adam",
+                "loss": "sparse_categorical_crossentropy",
+                "metrics": ["accuracy"],
+            },
+        },
+    )
+    deployment = registry.create_deployment(
+        {
+            "models": [name],
+            "batch_size": 32,
+            "epochs": 2,
+            "shuffle": True,
+            "seed": 7,
+            "fit_kwargs": {},
+            "evaluate_kwargs": {},
+        }
+    )
     topic = f"bench-train-{unique}"
     ensure_topic(settings.kafka_bootstrap, topic, 3)
     labels = np.load(model.folder / "labels.npy")
@@ -257,18 +300,25 @@ def train_setup(settings: Settings, model: DigitsModel) -> tuple[Settings, dict]
     for i, (x, y) in enumerate(zip(model.inputs, labels, strict=True)):
         producer.produce(topic, x.tobytes(), bytes([int(y)]), partition=i % 3)
     producer.flush()
-    data = {"deployment_id": deployment["id"],
-            "topic": ",".join(str(r) for r in producer.ranges(topic)),
-            "input_format": "RAW",
-            "input_config": {"data_type": "float32", "data_reshape": "8 8",
-                             "label_type": "uint8", "label_reshape": "1"},
-            "validation_rate": 0.1, "test_rate": 0.1, "total_msg": len(labels)}
+    data = {
+        "deployment_id": deployment["id"],
+        "topic": ",".join(str(r) for r in producer.ranges(topic)),
+        "input_format": "RAW",
+        "input_config": {
+            "data_type": "float32",
+            "data_reshape": "8 8",
+            "label_type": "uint8",
+            "label_reshape": "1",
+        },
+        "validation_rate": 0.1,
+        "test_rate": 0.1,
+        "total_msg": len(labels),
+    }
     return settings, data
 
 
 def first_progress(settings: Settings, start: dict[int, int], found: dict[str, float]) -> None:
-    for msg in follow(settings.kafka_bootstrap, settings.results_topic, start,
-                      idle_timeout_s=300):
+    for msg in follow(settings.kafka_bootstrap, settings.results_topic, start, idle_timeout_s=300):
         if json.loads(msg.value()).get("type") == TRAINING_PROGRESS:
             found["progress_1"] = msg.timestamp()[1] / 1000
             return
@@ -282,23 +332,49 @@ def train_start(settings: Settings, model: DigitsModel) -> dict[str, float]:
     probe = home / "marks.jsonl"
     port = free_port()
     proc = Proc("train", home)
-    proc.start([sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--worker-class",
-                "gthread", "--threads", "8", "--timeout", "660", "-c", str(home / "probe.py"),
-                "functions.train.app:create_app()"],
-               env={**settings.to_env(), "BENCH_TRAIN_PROBE": str(probe)}, cwd=ROOT)
+    proc.start(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "8",
+            "--timeout",
+            "660",
+            "-c",
+            str(home / "probe.py"),
+            "functions.train.app:create_app()",
+        ],
+        env={**settings.to_env(), "BENCH_TRAIN_PROBE": str(probe)},
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         session = requests.Session()
         proc.wait_until(lambda: readiness(session, url) == 200, "train to be ready", 120)
         start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
         marks: dict[str, float] = {}
-        watcher = threading.Thread(target=first_progress, args=(settings, start, marks),
-                                   daemon=True)
+        watcher = threading.Thread(
+            target=first_progress, args=(settings, start, marks), daemon=True
+        )
         watcher.start()
         marks["sent"] = time.time()
-        r = session.post(url + "/", json=data, timeout=660, headers={
-            "ce-specversion": "1.0", "ce-id": uuid.uuid4().hex, "ce-source": "/bench/cold_start",
-            "ce-type": "kml.training.request", "content-type": "application/json"})
+        r = session.post(
+            url + "/",
+            json=data,
+            timeout=660,
+            headers={
+                "ce-specversion": "1.0",
+                "ce-id": uuid.uuid4().hex,
+                "ce-source": "/bench/cold_start",
+                "ce-type": "kml.training.request",
+                "content-type": "application/json",
+            },
+        )
         if r.status_code != 200:
             raise RuntimeError(f"training failed: {r.status_code} {r.text[:300]}")
         watcher.join(30)
@@ -316,17 +392,26 @@ def train_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
         values = [m[end] - m[begin] for m in runs if begin in m and end in m]
         if not values:
             continue
-        result.rows.append({"function": "train", "interval": label,
-                            "median s": statistics.median(values),
-                            "runs": ", ".join(f"{v:.2f}" for v in values)})
+        result.rows.append(
+            {
+                "function": "train",
+                "interval": label,
+                "median s": statistics.median(values),
+                "runs": ", ".join(f"{v:.2f}" for v in values),
+            }
+        )
         console.print(result.rows[-1])
-    imports = [m["keras_imported"] - m["train_model"] for m in runs
-               if "keras_imported" in m and "train_model" in m]
+    imports = [
+        m["keras_imported"] - m["train_model"]
+        for m in runs
+        if "keras_imported" in m and "train_model" in m
+    ]
     if imports:
         result.notes.append(
             f"train: importing TensorFlow/Keras ({statistics.median(imports):.1f}s) happens on "
             "the first event, not at process start; importing it when the app is created would "
-            "move it before readiness (Knative's readiness gate hides it from the event).")
+            "move it before readiness (Knative's readiness gate hides it from the event)."
+        )
 
 
 def main(argv: list[str] | None = None) -> Result:

@@ -66,8 +66,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gib": mem_gib,
-            "python": platform.python_version(), "system": platform.platform()}
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": mem_gib,
+        "python": platform.python_version(),
+        "system": platform.platform(),
+    }
 
 
 @dataclass
@@ -84,11 +89,21 @@ class Result:
     def save(self) -> Path:
         RESULTS.mkdir(exist_ok=True)
         path = RESULTS / f"{self.name}.json"
-        path.write_text(json.dumps({"name": self.name, "title": self.title, "rows": self.rows,
-                                    "ratios": self.ratios, "targets": self.targets,
-                                    "notes": self.notes, "machine": machine(),
-                                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-                                   indent=1))
+        path.write_text(
+            json.dumps(
+                {
+                    "name": self.name,
+                    "title": self.title,
+                    "rows": self.rows,
+                    "ratios": self.ratios,
+                    "targets": self.targets,
+                    "notes": self.notes,
+                    "machine": machine(),
+                    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=1,
+            )
+        )
         return path
 
     def show(self) -> None:
@@ -99,7 +114,9 @@ class Result:
             console.print(table)
         for name, value in self.ratios.items():
             target = self.targets.get(name, "")
-            console.print(f"  ratio {name}: [bold]{value:.2f}x[/] {('target ' + target) if target else ''}")
+            console.print(
+                f"  ratio {name}: [bold]{value:.2f}x[/] {('target ' + target) if target else ''}"
+            )
         for note in self.notes:
             console.print(f"  note: {note}")
 

@@ -61,8 +61,13 @@ def digits_model(settings: Settings) -> DigitsModel:
     """The trained digits model, trained once in a child process and cached under cache_dir."""
     folder = Path(settings.cache_dir) / "bench" / f"digits-model-v{MODEL_VERSION}"
     if not (folder / "done").is_file():
-        done = subprocess.run([sys.executable, "-m", "bench.infer_common", "train", str(folder)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.infer_common", "train", str(folder)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode != 0:
             raise RuntimeError("training the benchmark model failed:\n" + done.stderr[-3000:])
     return DigitsModel(folder, np.load(folder / "inputs.npy"))
@@ -77,9 +82,14 @@ def train(out: Path, epochs: int = 3) -> None:
     keras.utils.set_random_seed(7)
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    model = keras.Sequential([keras.Input((8, 8)), keras.layers.Flatten(),
-                              keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, digits.target, epochs=epochs, batch_size=64, verbose=0)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,8 +112,14 @@ class Deployment:
         return self.spec["id"]
 
 
-def deploy(stack: Settings, model: DigitsModel, *, tflite: bool, partitions: int = 3,
-           cache_dir: Path | None = None) -> Deployment:
+def deploy(
+    stack: Settings,
+    model: DigitsModel,
+    *,
+    tflite: bool,
+    partitions: int = 3,
+    cache_dir: Path | None = None,
+) -> Deployment:
     """Store the run's artifacts (with or without model.tflite), create the inference spec and
     its topics; the settings name the deployment, its own dead-letter topic and model cache."""
     unique = uuid.uuid4().hex[:8]
@@ -111,19 +127,33 @@ def deploy(stack: Settings, model: DigitsModel, *, tflite: bool, partitions: int
     registry.ensure_ready()
     run_id = f"bench-run-{unique}"
     for filename in ["model.keras", "model.tflite"] if tflite else ["model.keras"]:
-        registry.store.put(registry.run_artifact_key(run_id, MODEL, filename),
-                           (model.folder / filename).read_bytes())
-    spec = registry.create_inference({
-        "id": f"bench-{unique}", "run_id": run_id, "model": MODEL, "input_format": "RAW",
-        "input_config": RAW_CONFIG, "input_topic": f"bench-in-{unique}",
-        "output_topic": f"bench-out-{unique}", "min_scale": 0, "max_scale": 1,
-        "target_concurrency": 50,
-    })
+        registry.store.put(
+            registry.run_artifact_key(run_id, MODEL, filename),
+            (model.folder / filename).read_bytes(),
+        )
+    spec = registry.create_inference(
+        {
+            "id": f"bench-{unique}",
+            "run_id": run_id,
+            "model": MODEL,
+            "input_format": "RAW",
+            "input_config": RAW_CONFIG,
+            "input_topic": f"bench-in-{unique}",
+            "output_topic": f"bench-out-{unique}",
+            "min_scale": 0,
+            "max_scale": 1,
+            "target_concurrency": 50,
+        }
+    )
     cache = cache_dir or Path(stack.state_dir) / f"model-cache-{unique}"
-    settings = stack.replace(inference_id=spec["id"], dlq_topic=f"bench-dlq-{unique}",
-                             model_cache_dir=str(cache))
-    for topic, n in ((spec["input_topic"], partitions), (spec["output_topic"], partitions),
-                     (settings.dlq_topic, 1)):
+    settings = stack.replace(
+        inference_id=spec["id"], dlq_topic=f"bench-dlq-{unique}", model_cache_dir=str(cache)
+    )
+    for topic, n in (
+        (spec["input_topic"], partitions),
+        (spec["output_topic"], partitions),
+        (settings.dlq_topic, 1),
+    ):
         ensure_topic(stack.kafka_bootstrap, topic, n)
     return Deployment(settings, spec)
 
@@ -202,31 +232,36 @@ def cpu_seconds(pgid: int | None) -> float:
 
 
 # -- the local KafkaSource bridge ---------------------------------------------------------------
-def start_bridge(deployment: Deployment, served: Served, *, ordering: str = "unordered",
-                 timeout_s: float = 60.0) -> Proc:
+def start_bridge(
+    deployment: Deployment, served: Served, *, ordering: str = "unordered", timeout_s: float = 60.0
+) -> Proc:
     """``python -m kafkaml.dev.bridge`` playing the deployment's KafkaSource (with ``ordering``),
     waiting until its consumer has partitions. Its manifests hold only the dead-letter sink."""
     settings = deployment.settings
     state = Path(settings.state_dir).resolve()
     settings = settings.replace(state_dir=str(state))
     source_file = register_with_bridge(settings, deployment.id, served.url)
-    source_file.write_text(source_file.read_text().replace("ordering: ordered",
-                                                           f"ordering: {ordering}"))
+    source_file.write_text(
+        source_file.read_text().replace("ordering: ordered", f"ordering: {ordering}")
+    )
     manifests = state / "bench-manifests"
     manifests.mkdir(exist_ok=True)
     (manifests / "kustomization.yaml").write_text("resources:\n  - dlq.yaml\n")
     (manifests / "dlq.yaml").write_text(
         "apiVersion: eventing.knative.dev/v1alpha1\nkind: KafkaSink\n"
-        f"metadata:\n  name: {settings.dlq_topic}\nspec:\n  topic: {settings.dlq_topic}\n")
+        f"metadata:\n  name: {settings.dlq_topic}\nspec:\n  topic: {settings.dlq_topic}\n"
+    )
     proc = Proc("bridge", state / "bridge")
     (state / "bridge" / "status.json").unlink(missing_ok=True)
-    proc.start([sys.executable, "-m", "kafkaml.dev.bridge", "--manifests", str(manifests)],
-               env=settings.replace(log_level="WARNING").to_env(), cwd=ROOT)
+    proc.start(
+        [sys.executable, "-m", "kafkaml.dev.bridge", "--manifests", str(manifests)],
+        env=settings.replace(log_level="WARNING").to_env(),
+        cwd=ROOT,
+    )
 
     def assigned() -> bool:
         status = read_status(state) or {}
-        return any(s["assigned"] for s in status.get("sources", [])
-                   if deployment.id in s["name"])
+        return any(s["assigned"] for s in status.get("sources", []) if deployment.id in s["name"])
 
     proc.wait_until(assigned, "the bridge to join the inference source's group", timeout_s)
     return proc
@@ -251,13 +286,26 @@ class Stamps:
 
 def rate_producer(bootstrap: str) -> tuple[Producer, Stamps]:
     stamps = Stamps()
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": 1,
-                         "queue.buffering.max.messages": 200_000})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 1,
+            "acks": 1,
+            "queue.buffering.max.messages": 200_000,
+        }
+    )
     return producer, stamps
 
 
-def publish(producer: Producer, stamps: Stamps, topic: str, model: DigitsModel, prefix: str,
-            count: int, rate: float | None = None) -> float:
+def publish(
+    producer: Producer,
+    stamps: Stamps,
+    topic: str,
+    model: DigitsModel,
+    prefix: str,
+    count: int,
+    rate: float | None = None,
+) -> float:
     """Produce ``count`` records keyed ``<prefix><i>`` at ``rate`` per second (None: as fast as
     possible); returns the seconds it took. Input timestamps come from the delivery reports."""
 
@@ -273,8 +321,9 @@ def publish(producer: Producer, stamps: Stamps, topic: str, model: DigitsModel, 
                 time.sleep(wait)
         while True:
             try:
-                producer.produce(topic, model.payload(i), f"{prefix}{i}".encode(),
-                                 on_delivery=delivered)
+                producer.produce(
+                    topic, model.payload(i), f"{prefix}{i}".encode(), on_delivery=delivered
+                )
                 break
             except BufferError:
                 producer.poll(0.01)
@@ -295,8 +344,13 @@ class Follower:
         while not start and time.monotonic() < deadline:  # a topic created a moment ago
             time.sleep(0.2)
             start = end_offsets(bootstrap, topic)
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "enable.auto.commit": False,
-                                   "group.id": f"bench-follow-{uuid.uuid4().hex[:8]}"})
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.auto.commit": False,
+                "group.id": f"bench-follow-{uuid.uuid4().hex[:8]}",
+            }
+        )
         self._consumer.assign([TopicPartition(topic, p, o) for p, o in start.items()])
         self._thread = threading.Thread(target=self._run, daemon=True, name="bench-follower")
         self._thread.start()
@@ -335,27 +389,41 @@ class Phase:
 def phase(inputs: Stamps, outputs: Stamps, prefix: str) -> Phase:
     p = prefix.encode()
     with inputs.lock, outputs.lock:
-        pairs = [(t, outputs.by_key[k]) for k, t in inputs.by_key.items()
-                 if k.startswith(p) and k in outputs.by_key]
+        pairs = [
+            (t, outputs.by_key[k])
+            for k, t in inputs.by_key.items()
+            if k.startswith(p) and k in outputs.by_key
+        ]
         sent = sum(1 for k in inputs.by_key if k.startswith(p))
     if not pairs:
         return Phase(sent, 0, [], 0.0)
     span_s = (max(o for _, o in pairs) - min(i for i, _ in pairs)) / 1000
-    return Phase(sent, len(pairs), [float(o - i) for i, o in pairs],
-                 len(pairs) / span_s if span_s > 0 else float("nan"))
+    return Phase(
+        sent,
+        len(pairs),
+        [float(o - i) for i, o in pairs],
+        len(pairs) / span_s if span_s > 0 else float("nan"),
+    )
 
 
 # -- the Kafka-ML-style loop (child process) ----------------------------------------------------
-def kafka_ml_loop(bootstrap: str, model_path: str, in_topic: str, out_topic: str, count: int,
-                  timeout_s: float) -> None:
+def kafka_ml_loop(
+    bootstrap: str, model_path: str, in_topic: str, out_topic: str, count: int, timeout_s: float
+) -> None:
     """(child) Kafka-ML's inference loop: poll one record, ``model.predict`` it, produce the
     result, commit every 16. Prints ``ready`` once it holds partitions, then a JSON summary."""
     import keras
 
     model = keras.saving.load_model(model_path, safe_mode=True)
     model.predict(np.zeros((1, 8, 8), np.float32), verbose=0)  # warm: not part of the loop
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kafka-ml-{in_topic}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"kafka-ml-{in_topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     assigned = threading.Event()
     consumer.subscribe([in_topic], on_assign=lambda c, ps: assigned.set())
     producer = Producer({"bootstrap.servers": bootstrap})
@@ -380,14 +448,29 @@ def kafka_ml_loop(bootstrap: str, model_path: str, in_topic: str, out_topic: str
     print(json.dumps({"done": done}), flush=True)
 
 
-def start_kafka_ml_loop(bootstrap: str, model: DigitsModel, in_topic: str, out_topic: str,
-                        count: int, timeout_s: float) -> subprocess.Popen:
+def start_kafka_ml_loop(
+    bootstrap: str, model: DigitsModel, in_topic: str, out_topic: str, count: int, timeout_s: float
+) -> subprocess.Popen:
     """The baseline in a child, returned once it holds its partitions (TensorFlow loaded)."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "bench.infer_common", "kafka-ml-loop", bootstrap,
-         str(model.folder / "model.keras"), in_topic, out_topic, str(count), str(timeout_s)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "bench.infer_common",
+            "kafka-ml-loop",
+            bootstrap,
+            str(model.folder / "model.keras"),
+            in_topic,
+            out_topic,
+            str(count),
+            str(timeout_s),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     assert child.stdout is not None
     line = child.stdout.readline()
     if line.strip() != "ready":
@@ -409,8 +492,14 @@ def main(argv: list[str]) -> None:
     if args.cmd == "train":
         train(args.out)
     else:
-        kafka_ml_loop(args.bootstrap, args.model_path, args.in_topic, args.out_topic, args.count,
-                      args.timeout_s)
+        kafka_ml_loop(
+            args.bootstrap,
+            args.model_path,
+            args.in_topic,
+            args.out_topic,
+            args.count,
+            args.timeout_s,
+        )
 
 
 if __name__ == "__main__":

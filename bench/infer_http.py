@@ -39,19 +39,25 @@ class Client:
         if self.path == "kserve":
             r = session.post(self.target, json={"instances": [instance]}, timeout=60)
         else:
-            headers = {"ce-specversion": "1.0", "ce-id": uuid.uuid4().hex,
-                       "ce-source": "/bench/infer_http", "ce-type": INFERENCE_REQUEST,
-                       "content-type": "application/json"}
-            r = session.post(self.target, json={"instances": [instance]}, headers=headers,
-                             timeout=60)
+            headers = {
+                "ce-specversion": "1.0",
+                "ce-id": uuid.uuid4().hex,
+                "ce-source": "/bench/infer_http",
+                "ce-type": INFERENCE_REQUEST,
+                "content-type": "application/json",
+            }
+            r = session.post(
+                self.target, json={"instances": [instance]}, headers=headers, timeout=60
+            )
             if r.headers.get("ce-type") != INFERENCE_RESPONSE:
                 raise RuntimeError(f"no {INFERENCE_RESPONSE} in the answer: {r.status_code}")
         if r.status_code != 200 or len(r.json()["predictions"]) != 1:
             raise RuntimeError(f"prediction failed: {r.status_code} {r.text[:200]}")
 
 
-def level(client: Client, instances: list[list], concurrency: int, per_client: int
-          ) -> tuple[list[float], float]:
+def level(
+    client: Client, instances: list[list], concurrency: int, per_client: int
+) -> tuple[list[float], float]:
     """Latencies (ms) of every request and the wall time of the whole level."""
 
     def one_client(c: int) -> list[float]:
@@ -75,8 +81,10 @@ def run(settings: Settings, total: int) -> Result:
     instances = [x.tolist() for x in model.inputs[:512]]
     result = Result("infer_http", "HTTP inference: digits MLP (LiteRT), one instance per request")
     try:
-        for path, name in (("kserve", "KServe V1 :predict"),
-                           ("event", "CloudEvent kml.inference.request")):
+        for path, name in (
+            ("kserve", "KServe V1 :predict"),
+            ("event", "CloudEvent kml.inference.request"),
+        ):
             client = Client(served.url, dep.id, path)
             level(client, instances, 4, 25)  # warm: connections, interpreters, code paths
             rates: dict[int, float] = {}
@@ -88,12 +96,18 @@ def run(settings: Settings, total: int) -> Result:
                 cpu = cpu_seconds(served.proc.pid()) - cpu
                 calls2, rows2 = batch_stats(served.url)
                 rates[concurrency] = len(ms) / wall
-                result.rows.append({
-                    "path": name, "concurrency": concurrency, "requests": len(ms),
-                    "requests/s": rates[concurrency], "p50 ms": percentile(ms, 50),
-                    "p99 ms": percentile(ms, 99),
-                    "mean batch": (rows2 - rows) / max(calls2 - calls, 1),
-                    "server CPU ms/req": cpu * 1000 / len(ms)})
+                result.rows.append(
+                    {
+                        "path": name,
+                        "concurrency": concurrency,
+                        "requests": len(ms),
+                        "requests/s": rates[concurrency],
+                        "p50 ms": percentile(ms, 50),
+                        "p99 ms": percentile(ms, 99),
+                        "mean batch": (rows2 - rows) / max(calls2 - calls, 1),
+                        "server CPU ms/req": cpu * 1000 / len(ms),
+                    }
+                )
                 console.print(result.rows[-1])
             result.ratios[f"{name} requests/s: concurrency 32 / 1"] = rates[32] / rates[1]
     finally:
@@ -101,14 +115,19 @@ def run(settings: Settings, total: int) -> Result:
     result.notes.append(
         "one gunicorn worker (gthread, 16 threads) serves every level, so concurrency 32 queues "
         "16 requests in the listen backlog; the clients are threads of the driver process on "
-        "the same cores, so they compete with the server for CPU.")
+        "the same cores, so they compete with the server for CPU."
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=480,
-                        help="requests per level (split evenly between the clients)")
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=480,
+        help="requests per level (split evenly between the clients)",
+    )
     args = parser.parse_args(argv)
     with bench_stack() as settings:
         result = run(settings, args.requests)

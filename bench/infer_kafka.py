@@ -41,16 +41,29 @@ OURS = "ours: bridge (unordered) + infer (LiteRT)"
 KAFKA_ML = "Kafka-ML style: poll 1, model.predict, commit/16"
 
 
-def row(path: str, offered: str, ph: Phase, mean_batch: float | None, server_cpu_s: float,
-        bridge_cpu_s: float | None) -> dict:
+def row(
+    path: str,
+    offered: str,
+    ph: Phase,
+    mean_batch: float | None,
+    server_cpu_s: float,
+    bridge_cpu_s: float | None,
+) -> dict:
     lat = ph.latencies_ms
     per = 1000 / max(ph.done, 1)
-    return {"path": path, "offered/s": offered, "sent": ph.sent, "done": ph.done,
-            "records/s": ph.records_per_s, "p50 ms": percentile(lat, 50),
-            "p95 ms": percentile(lat, 95), "p99 ms": percentile(lat, 99),
-            "mean batch": mean_batch if mean_batch is not None else "-",
-            "server CPU ms/rec": server_cpu_s * per,
-            "bridge CPU ms/rec": bridge_cpu_s * per if bridge_cpu_s is not None else "-"}
+    return {
+        "path": path,
+        "offered/s": offered,
+        "sent": ph.sent,
+        "done": ph.done,
+        "records/s": ph.records_per_s,
+        "p50 ms": percentile(lat, 50),
+        "p95 ms": percentile(lat, 95),
+        "p99 ms": percentile(lat, 99),
+        "mean batch": mean_batch if mean_batch is not None else "-",
+        "server CPU ms/rec": server_cpu_s * per,
+        "bridge CPU ms/rec": bridge_cpu_s * per if bridge_cpu_s is not None else "-",
+    }
 
 
 def baseline(settings: Settings, model: DigitsModel, count: int) -> dict:
@@ -60,8 +73,9 @@ def baseline(settings: Settings, model: DigitsModel, count: int) -> dict:
         ensure_topic(settings.kafka_bootstrap, topic, 3)
     producer, inputs = rate_producer(settings.kafka_bootstrap)
     follower = Follower(settings.kafka_bootstrap, out_topic)
-    child = start_kafka_ml_loop(settings.kafka_bootstrap, model, in_topic, out_topic, count,
-                                timeout_s=120)
+    child = start_kafka_ml_loop(
+        settings.kafka_bootstrap, model, in_topic, out_topic, count, timeout_s=120
+    )
     try:
         cpu = cpu_seconds(child.pid)
         publish(producer, inputs, in_topic, model, "base-", count)
@@ -75,8 +89,14 @@ def baseline(settings: Settings, model: DigitsModel, count: int) -> dict:
     return row(KAFKA_ML, "burst", phase(inputs, follower.stamps, "base-"), 1.0, cpu, None)
 
 
-def ours(settings: Settings, model: DigitsModel, rates: list[int], seconds: float, burst: int,
-         result: Result) -> dict | None:
+def ours(
+    settings: Settings,
+    model: DigitsModel,
+    rates: list[int],
+    seconds: float,
+    burst: int,
+    result: Result,
+) -> dict | None:
     dep = deploy(settings, model, tflite=True)
     served = serve(dep)
     bridge = None
@@ -88,8 +108,9 @@ def ours(settings: Settings, model: DigitsModel, rates: list[int], seconds: floa
         publish(producer, inputs, topic, model, "warm-", 200)
         follower.wait_for("warm-", 200, 60)
         burst_row = None
-        for offered, count, rate in ([(str(r), int(r * seconds), r) for r in rates]
-                                     + [("burst", burst, None)]):
+        for offered, count, rate in [(str(r), int(r * seconds), r) for r in rates] + [
+            ("burst", burst, None)
+        ]:
             prefix = f"r{offered}-"
             calls, rows = batch_stats(served.url)
             cpu = cpu_seconds(served.proc.pid()), cpu_seconds(bridge.pid())
@@ -105,8 +126,10 @@ def ours(settings: Settings, model: DigitsModel, rates: list[int], seconds: floa
             if rate is None:
                 burst_row = result.rows[-1]
             if done < count:
-                result.notes.append(f"offered {offered}/s: only {done} of {count} records came "
-                                    "out in time; later phases skipped")
+                result.notes.append(
+                    f"offered {offered}/s: only {done} of {count} records came "
+                    "out in time; later phases skipped"
+                )
                 break
         return burst_row
     finally:
@@ -126,11 +149,13 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
     result.rows.append(base)
     if mine and base["records/s"] and mine["records/s"]:
         result.ratios["Kafka path records/s: ours / Kafka-ML style"] = (
-            mine["records/s"] / base["records/s"])
+            mine["records/s"] / base["records/s"]
+        )
         result.targets["Kafka path records/s: ours / Kafka-ML style"] = ">= 20x"
         ours_cpu = mine["server CPU ms/rec"] + mine["bridge CPU ms/rec"]
         result.ratios["CPU per record: Kafka-ML style / ours (infer + bridge)"] = (
-            base["server CPU ms/rec"] / ours_cpu)
+            base["server CPU ms/rec"] / ours_cpu
+        )
         result.notes.append(
             f"where the time goes (burst): the Kafka-ML-style loop spends "
             f"{base['server CPU ms/rec']:.0f} ms of CPU per record, nearly all in Keras "
@@ -141,12 +166,14 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
             "record; Knative's dispatcher is Java and not on this budget). The model itself is "
             f"a small share: the micro-batcher sees batches of {mine['mean batch']:.1f} rows "
             "because the function has 16 request threads and each waits for its own Kafka "
-            "acknowledgement. The limit is Python work per record, not the model.")
+            "acknowledgement. The limit is Python work per record, not the model."
+        )
     result.notes.append(
         "ours uses the deployment's KafkaSource with ordering: unordered (the bridge keeps 50 "
         "events in flight); the rendered manifest says ordered (one in flight per partition, "
         "3 partitions). Latency = output minus input Kafka CreateTime, so it includes the "
-        "bridge's poll, the HTTP delivery, the prediction and the acknowledged produce.")
+        "bridge's poll, the HTTP delivery, the prediction and the acknowledged produce."
+    )
     console.print(f"infer_kafka took {time.monotonic() - started:.0f}s")
     return result
 

@@ -19,31 +19,48 @@ from kafkaml.kafka import ConfirmingProducer, ensure_topic, read_offset_ranges
 from kafkaml.wire import OffsetRange
 
 FEATURES = 100
-CONFIG = {"data_type": "float32", "data_reshape": str(FEATURES), "label_type": "uint8",
-          "label_reshape": "1"}
+CONFIG = {
+    "data_type": "float32",
+    "data_reshape": str(FEATURES),
+    "label_type": "uint8",
+    "label_reshape": "1",
+}
 
 
 def publish(bootstrap: str, topic: str, n: int) -> list[OffsetRange]:
     ensure_topic(bootstrap, topic, partitions=3)
     rng = np.random.default_rng(0)
-    producer = ConfirmingProducer(bootstrap, timeout_s=120,
-                                  config={"linger.ms": 20, "batch.size": 1_000_000,
-                                          "compression.type": "none",
-                                          "queue.buffering.max.messages": 500_000})
+    producer = ConfirmingProducer(
+        bootstrap,
+        timeout_s=120,
+        config={
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "none",
+            "queue.buffering.max.messages": 500_000,
+        },
+    )
     chunk = 50_000
     for start in range(0, n, chunk):
         x = rng.random((min(chunk, n - start), FEATURES), dtype=np.float32)
         for i, row in enumerate(x):
-            producer.produce(topic, row.tobytes(), bytes([(start + i) % 10]),
-                             partition=(start + i) % 3)
+            producer.produce(
+                topic, row.tobytes(), bytes([(start + i) % 10]), partition=(start + i) % 3
+            )
     producer.flush()
     return producer.ranges(topic)
 
 
 def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-ingest",
-                     "enable.auto.commit": False, "enable.partition.eof": False,
-                     "auto.offset.reset": "error"})
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-ingest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+            "auto.offset.reset": "error",
+        }
+    )
 
 
 def floor(bootstrap: str, ranges: list[OffsetRange]) -> int:
@@ -94,9 +111,11 @@ def run(records: int, settings) -> Result:
     console.print(f"published {records:,} records in {t.seconds:.1f}s")
     result = Result("ingest", f"Training ingest: {records:,} records x {FEATURES} float32")
     rates = {}
-    for name, fn in (("floor (batched consume, discard)", floor),
-                     ("ours (read_offset_ranges + RawCodec)", ours),
-                     ("Kafka-ML style (poll one + frombuffer)", kafka_ml_style)):
+    for name, fn in (
+        ("floor (batched consume, discard)", floor),
+        ("ours (read_offset_ranges + RawCodec)", ours),
+        ("Kafka-ML style (poll one + frombuffer)", kafka_ml_style),
+    ):
         with Timer() as t:
             n = fn(settings.kafka_bootstrap, ranges)
         assert n == records, f"{name} read {n} of {records}"
@@ -104,7 +123,10 @@ def run(records: int, settings) -> Result:
         result.rows.append({"reader": name, "seconds": t.seconds, "records/s": rates[name]})
         console.print(f"{name}: {t.seconds:.2f}s")
     floor_rate, ours_rate, kml_rate = rates.values()
-    result.ratios = {"ours / floor": ours_rate / floor_rate, "ours / Kafka-ML style": ours_rate / kml_rate}
+    result.ratios = {
+        "ours / floor": ours_rate / floor_rate,
+        "ours / Kafka-ML style": ours_rate / kml_rate,
+    }
     result.targets = {"ours / floor": ">= 0.5x", "ours / Kafka-ML style": ">= 10x"}
     return result
 

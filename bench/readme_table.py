@@ -23,11 +23,15 @@ def render() -> str:
     loaded = (json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json")))
     results = [r for r in loaded if {"title", "ratios", "rows"} <= r.keys()]  # Result files only
     m = results[0]["machine"] if results else machine()
-    lines = [f"Measured on {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python "
-             f"{m['python']}; Kafka and MinIO on loopback on the same machine. Ratios first: "
-             "they compare against a baseline in the same run, so they hold when absolute "
-             "times drift on a shared machine.", "",
-             "| benchmark | ratio | value | target |", "|---|---|---|---|"]
+    lines = [
+        f"Measured on {m['cpus']} cores ({m['cpu']}), {m['memory_gib']} GiB, Python "
+        f"{m['python']}; Kafka and MinIO on loopback on the same machine. Ratios first: "
+        "they compare against a baseline in the same run, so they hold when absolute "
+        "times drift on a shared machine.",
+        "",
+        "| benchmark | ratio | value | target |",
+        "|---|---|---|---|",
+    ]
     for r in results:
         for name, value in r["ratios"].items():
             lines.append(f"| {r['title']} | {name} | {value:.2f}x | {r['targets'].get(name, '')} |")
@@ -35,12 +39,20 @@ def render() -> str:
         if not r["rows"]:
             continue
         cols = list(r["rows"][0].keys())
-        lines += ["", f"**{r['title']}** ({r['when']})", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [
+            "",
+            f"**{r['title']}** ({r['when']})",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
         lines += ["| " + " | ".join(_fmt(row[c]) for c in cols) + " |" for row in r["rows"]]
         lines += [f"- {n}" for n in r.get("notes", [])]
-    lines += ["", "Reproduce: `make bench` (all, regenerates this table) or "
-              "`.venv/bin/python -m bench.NAME` for one."]
+    lines += [
+        "",
+        "Reproduce: `make bench` (all, regenerates this table) or "
+        "`.venv/bin/python -m bench.NAME` for one.",
+    ]
     return "\n".join(lines)
 
 

@@ -9,8 +9,11 @@ from kafkaml.commands import inference as inference_commands
 from kafkaml.commands import registry as registry_commands
 from kafkaml.commands import training as training_commands
 
-app = typer.Typer(help="Kafka-ML on Knative: models, training and inference over Kafka streams.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Kafka-ML on Knative: models, training and inference over Kafka streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(dev.app, name="dev")
 app.add_typer(registry_commands.models_app, name="models")
 app.add_typer(registry_commands.configurations_app, name="configurations")

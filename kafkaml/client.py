@@ -23,8 +23,13 @@ from kafkaml.errors import (
 from kafkaml.settings import Settings
 
 SOURCE = "/kml/cli"
-_BY_STATUS: dict[int, type[KmlError]] = {400: BadRequest, 404: NotFound, 409: Conflict,
-                                         413: PayloadTooLarge, 503: Unavailable}
+_BY_STATUS: dict[int, type[KmlError]] = {
+    400: BadRequest,
+    404: NotFound,
+    409: Conflict,
+    413: PayloadTooLarge,
+    503: Unavailable,
+}
 
 
 def register_url(settings: Settings) -> str:
@@ -53,20 +58,25 @@ class RegisterClient:
         """``definition``: name, keras_json (or keras_b64), compile, description?, version?."""
         return self.send(events.MODEL_REGISTER, definition)
 
-    def create_configuration(self, name: str, models: list[str],
-                             description: str = "") -> dict[str, Any]:
-        return self.send(events.CONFIGURATION_CREATE,
-                         {"name": name, "models": models, "description": description})
+    def create_configuration(
+        self, name: str, models: list[str], description: str = ""
+    ) -> dict[str, Any]:
+        return self.send(
+            events.CONFIGURATION_CREATE,
+            {"name": name, "models": models, "description": description},
+        )
 
     def create_deployment(self, **params: Any) -> dict[str, Any]:
         """``configuration`` or ``models``, and batch_size, epochs, shuffle, seed, id, ..."""
-        return self.send(events.DEPLOYMENT_CREATE,
-                         {k: v for k, v in params.items() if v is not None})
+        return self.send(
+            events.DEPLOYMENT_CREATE, {k: v for k, v in params.items() if v is not None}
+        )
 
     def create_inference(self, **fields: Any) -> dict[str, Any]:
         """run_id, input_topic, output_topic and optional fields; the answer holds ``manifests``."""
-        return self.send(events.INFERENCE_CREATE,
-                         {k: v for k, v in fields.items() if v is not None})
+        return self.send(
+            events.INFERENCE_CREATE, {k: v for k, v in fields.items() if v is not None}
+        )
 
     # -- reads --------------------------------------------------------------------------------
     def get(self, path: str) -> Any:
@@ -77,8 +87,10 @@ class RegisterClient:
         try:
             r = self._http.request(method, self.url + path, timeout=self.timeout_s, **kwargs)
         except requests.RequestException as e:
-            raise Unavailable(f"register function at {self.url} does not answer "
-                              f"({type(e).__name__}); is it running (kml dev up)?") from None
+            raise Unavailable(
+                f"register function at {self.url} does not answer "
+                f"({type(e).__name__}); is it running (kml dev up)?"
+            ) from None
         try:
             body = r.json()
         except ValueError:

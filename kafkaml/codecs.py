@@ -51,8 +51,10 @@ def _dtype(config: dict[str, Any], name: str, problems: list[str], default: str 
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind not in _NUMERIC_KINDS:
-        problems.append(f"input_config.{name}: {value!r} is not a numeric NumPy dtype "
-                        "(uint8, int32, int64, float32, float64, bool, ...)")
+        problems.append(
+            f"input_config.{name}: {value!r} is not a numeric NumPy dtype "
+            "(uint8, int32, int64, float32, float64, bool, ...)"
+        )
         return None
     return dtype
 
@@ -62,15 +64,21 @@ def _shape(config: dict[str, Any], name: str, problems: list[str]) -> tuple[int,
     if value is None or value == "" or value == []:
         return None
     parts = value.split() if isinstance(value, str) else value
-    if isinstance(parts, (list, tuple)) and parts and all(
-        (isinstance(p, str) and p.isdigit()) or (isinstance(p, int) and not isinstance(p, bool))
-        for p in parts
+    if (
+        isinstance(parts, (list, tuple))
+        and parts
+        and all(
+            (isinstance(p, str) and p.isdigit()) or (isinstance(p, int) and not isinstance(p, bool))
+            for p in parts
+        )
     ):
         dims = tuple(int(p) for p in parts)
         if all(d > 0 for d in dims):
             return dims
-    problems.append(f"input_config.{name}: {value!r} must be positive integers separated by "
-                    "spaces, such as '28 28'")
+    problems.append(
+        f"input_config.{name}: {value!r} must be positive integers separated by "
+        "spaces, such as '28 28'"
+    )
     return None
 
 
@@ -110,8 +118,10 @@ def _avro_schema(config: dict[str, Any], name: str, problems: list[str], require
         return None
     bad = [f.get("name") for f in schema["fields"] if not _numeric_avro(f.get("type"))]
     if bad:
-        problems.append(f"input_config.{name}: fields {bad} are not numeric "
-                        "(int, long, float, double, boolean or arrays of them)")
+        problems.append(
+            f"input_config.{name}: fields {bad} are not numeric "
+            "(int, long, float, double, boolean or arrays of them)"
+        )
         return None
     return parsed
 
@@ -125,8 +135,9 @@ def _lengths(blobs: Sequence[bytes | None], what: str) -> np.ndarray:
         raise UndecodableRecord(f"has no {what}", index) from None
 
 
-def _decode_fixed(blobs: Sequence[bytes], dtype: np.dtype, shape: tuple[int, ...] | None,
-                  what: str) -> np.ndarray:
+def _decode_fixed(
+    blobs: Sequence[bytes], dtype: np.dtype, shape: tuple[int, ...] | None, what: str
+) -> np.ndarray:
     """One ``np.frombuffer`` over the joined buffer; sizes are checked before, vectorised."""
     n = len(blobs)
     lengths = _lengths(blobs, what)
@@ -138,8 +149,11 @@ def _decode_fixed(blobs: Sequence[bytes], dtype: np.dtype, shape: tuple[int, ...
         bad = np.array([0])
     if bad.size or expected == 0:
         i = int(bad[0]) if bad.size else 0
-        need = f"{expected} ({dtype.name} x {' '.join(map(str, shape))})" if shape else \
-            f"a multiple of {dtype.itemsize} equal for every record ({expected})"
+        need = (
+            f"{expected} ({dtype.name} x {' '.join(map(str, shape))})"
+            if shape
+            else f"a multiple of {dtype.itemsize} equal for every record ({expected})"
+        )
         raise UndecodableRecord(f"{what} has {int(lengths[i])} bytes; expected {need}", i)
     flat = np.frombuffer(b"".join(blobs), dtype=dtype)
     return flat.reshape(n, *(shape or (expected // dtype.itemsize,)))
@@ -162,8 +176,9 @@ def _json_rows(blobs: Sequence[bytes], what: str) -> list[Any]:
     raise UndecodableRecord(f"{what} is not a single JSON value", 0)
 
 
-def _to_array(rows: list[Any], dtype: np.dtype, shape: tuple[int, ...] | None,
-              what: str) -> np.ndarray:
+def _to_array(
+    rows: list[Any], dtype: np.dtype, shape: tuple[int, ...] | None, what: str
+) -> np.ndarray:
     """One ``np.asarray`` when the rows are regular; else per record, naming the bad one."""
     n = len(rows)
     try:
@@ -226,8 +241,9 @@ class RawCodec(Codec):
     def encode(self, x: Any, y: Any = None) -> tuple[bytes, bytes | None]:
         arr = np.ascontiguousarray(x, dtype=self.data_dtype)
         if self.data_shape and arr.size != math.prod(self.data_shape):
-            raise ValueError(f"features have {arr.size} values; data_reshape needs "
-                             f"{math.prod(self.data_shape)}")
+            raise ValueError(
+                f"features have {arr.size} values; data_reshape needs {math.prod(self.data_shape)}"
+            )
         if y is None:
             return arr.tobytes(), None
         return arr.tobytes(), np.ascontiguousarray(y, dtype=self.label_dtype).tobytes()
@@ -248,8 +264,9 @@ class JsonCodec(Codec):
         return _to_array(rows, self.data_dtype, self.data_shape, "value")
 
     def decode_labels(self, keys: Sequence[bytes]) -> np.ndarray:
-        return _to_array(_json_rows(keys, "key (label)"), self.label_dtype, self.label_shape,
-                         "key (label)")
+        return _to_array(
+            _json_rows(keys, "key (label)"), self.label_dtype, self.label_shape, "key (label)"
+        )
 
     def encode(self, x: Any, y: Any = None) -> tuple[bytes, bytes | None]:
         value = json.dumps({"data": np.asarray(x, dtype=self.data_dtype).tolist()}).encode()
@@ -278,11 +295,15 @@ class AvroCodec(Codec):
             try:
                 record = fastavro.schemaless_reader(buf, schema, None)
             except Exception as e:  # truncated or foreign bytes raise several types
-                raise UndecodableRecord(f"{what} is not Avro of the schema: "
-                                        f"{type(e).__name__}", i) from None
+                raise UndecodableRecord(
+                    f"{what} is not Avro of the schema: {type(e).__name__}", i
+                ) from None
             if buf.tell() != len(blob):
-                raise UndecodableRecord(f"{what} has {len(blob) - buf.tell()} bytes left over "
-                                        "after the schema's record", i)
+                raise UndecodableRecord(
+                    f"{what} has {len(blob) - buf.tell()} bytes left over "
+                    "after the schema's record",
+                    i,
+                )
             rows.append([record[name] for name, _ in fields])
         return rows
 
@@ -306,8 +327,10 @@ class AvroCodec(Codec):
             return {fields[0][0]: flat}
         if len(flat) != len(fields):
             raise ValueError(f"{len(flat)} values for {len(fields)} Avro fields")
-        return {name: (float(v) if t in ("float", "double") else bool(v) if t == "boolean"
-                       else int(v)) for (name, t), v in zip(fields, flat, strict=True)}
+        return {
+            name: (float(v) if t in ("float", "double") else bool(v) if t == "boolean" else int(v))
+            for (name, t), v in zip(fields, flat, strict=True)
+        }
 
     def encode(self, x: Any, y: Any = None) -> tuple[bytes, bytes | None]:
         out = io.BytesIO()
@@ -319,8 +342,9 @@ class AvroCodec(Codec):
         return out.getvalue(), label.getvalue()
 
 
-def _build(fmt: str, config: dict[str, Any], require_labels: bool) -> tuple[Codec | None,
-                                                                             list[str]]:
+def _build(
+    fmt: str, config: dict[str, Any], require_labels: bool
+) -> tuple[Codec | None, list[str]]:
     problems: list[str] = []
     if fmt == "RAW":
         dd, ds = _dtype(config, "data_type", problems), _shape(config, "data_reshape", problems)

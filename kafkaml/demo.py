@@ -49,26 +49,40 @@ def model_definition(name: str) -> dict[str, Any]:
     """A small Keras model, built here on the client; only its JSON config is sent."""
     import keras
 
-    model = keras.Sequential([
-        keras.Input((8, 8)),
-        keras.layers.Flatten(),
-        keras.layers.Rescaling(1 / 16),
-        keras.layers.Dense(64, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    return {"name": name, "description": "MLP for 8x8 digits", "keras_json": model.to_json(),
-            "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                        "metrics": ["accuracy"]}}
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Rescaling(1 / 16),
+            keras.layers.Dense(64, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    return {
+        "name": name,
+        "description": "MLP for 8x8 digits",
+        "keras_json": model.to_json(),
+        "compile": {
+            "optimizer": "adam",
+            "loss": "sparse_categorical_crossentropy",
+            "metrics": ["accuracy"],
+        },
+    }
 
 
 def follow_training(settings: Settings, run_id: str, start: dict[int, int]) -> dict[str, Any]:
     """Progress bar from ``kml.training.progress`` events until completed or failed."""
-    with Progress(TextColumn("    training {task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} epochs {task.fields[metrics]}"),
-                  TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        TextColumn("    training {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} epochs {task.fields[metrics]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task(run_id, total=EPOCHS, metrics="")
-        for msg in follow(settings.kafka_bootstrap, settings.results_topic, start,
-                          idle_timeout_s=600):
+        for msg in follow(
+            settings.kafka_bootstrap, settings.results_topic, start, idle_timeout_s=600
+        ):
             event = json.loads(msg.value())
             data = event.get("data") or {}
             if data.get("run_id") != run_id:
@@ -80,8 +94,12 @@ def follow_training(settings: Settings, run_id: str, start: dict[int, int]) -> d
                 return data
             metrics = data.get("metrics", {})
             shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-            bar.update(task, completed=data.get("epoch", 0) + 1, total=data.get("epochs", EPOCHS),
-                       metrics=shown)
+            bar.update(
+                task,
+                completed=data.get("epoch", 0) + 1,
+                total=data.get("epochs", EPOCHS),
+                metrics=shown,
+            )
     raise SystemExit("no training result on the results topic within 10 minutes")
 
 
@@ -96,8 +114,9 @@ def wait_for_source(settings: Settings, name_part: str, timeout_s: float = 60) -
     raise SystemExit(f"the bridge did not pick up the KafkaSource of {name_part} in {timeout_s}s")
 
 
-def online_predictions(settings: Settings, input_topic: str, output_topic: str,
-                       images: np.ndarray) -> dict[str, int]:
+def online_predictions(
+    settings: Settings, input_topic: str, output_topic: str, images: np.ndarray
+) -> dict[str, int]:
     """Publish images as RAW records keyed img-<i>; collect the predicted class per key."""
     start = end_offsets(settings.kafka_bootstrap, output_topic)
     producer = ConfirmingProducer(settings.kafka_bootstrap)
@@ -122,10 +141,13 @@ def main() -> int:
 
     client = RegisterClient.from_settings(settings)
     model = client.register_model(model_definition(f"digits-mlp-{tag}"))
-    step(f"registered model {model['name']} v{model['version']} "
-         f"({model.get('params', model.get('param_count', '?'))} parameters)")
-    deployment = client.create_deployment(models=[model["name"]], batch_size=32, epochs=EPOCHS,
-                                          shuffle=True, seed=42)
+    step(
+        f"registered model {model['name']} v{model['version']} "
+        f"({model.get('params', model.get('param_count', '?'))} parameters)"
+    )
+    deployment = client.create_deployment(
+        models=[model["name"]], batch_size=32, epochs=EPOCHS, shuffle=True, seed=42
+    )
     step(f"created training deployment {deployment['id']}")
 
     images, labels = digits()
@@ -135,14 +157,25 @@ def main() -> int:
     ensure_topic(settings.kafka_bootstrap, topic, partitions=3)
     ensure_topic(settings.kafka_bootstrap, settings.results_topic, partitions=1)
     results_start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
-    sink = RawSink(settings.kafka_bootstrap, topic, deployment["id"], data_type="uint8",
-                   label_type="uint8", data_reshape="8 8", label_reshape="1",
-                   validation_rate=0.1, test_rate=0.2, control_topic=settings.control_topic,
-                   description="sklearn digits")
+    sink = RawSink(
+        settings.kafka_bootstrap,
+        topic,
+        deployment["id"],
+        data_type="uint8",
+        label_type="uint8",
+        data_reshape="8 8",
+        label_reshape="1",
+        validation_rate=0.1,
+        test_rate=0.2,
+        control_topic=settings.control_topic,
+        description="sklearn digits",
+    )
     sink.send_batch(train_x, train_y)
     control = sink.close()
-    step(f"published {len(train_x)} records to {topic} (3 partitions) and the control message "
-         f"to {settings.control_topic}: {control.topic}")
+    step(
+        f"published {len(train_x)} records to {topic} (3 partitions) and the control message "
+        f"to {settings.control_topic}: {control.topic}"
+    )
 
     run_id = control.run_id()
     completed = follow_training(settings, run_id, results_start)
@@ -155,19 +188,23 @@ def main() -> int:
     input_topic, output_topic = f"digits-in-{tag}", f"digits-out-{tag}"
     for t in (input_topic, output_topic):
         ensure_topic(settings.kafka_bootstrap, t, partitions=3)
-    inference = client.create_inference(run_id=run_id, input_topic=input_topic,
-                                        output_topic=output_topic, min_scale=0, max_scale=3)
+    inference = client.create_inference(
+        run_id=run_id, input_topic=input_topic, output_topic=output_topic, min_scale=0, max_scale=3
+    )
     url, pid = start_local_inference(settings, inference["id"])
     wait_for_source(settings, inference["id"])
-    step(f"inference {inference['id']} serving at {url} (pid {pid}), "
-         f"{input_topic} -> {output_topic}")
+    step(
+        f"inference {inference['id']} serving at {url} (pid {pid}), {input_topic} -> {output_topic}"
+    )
 
     predicted = online_predictions(settings, input_topic, output_topic, held_x)
     correct = sum(predicted.get(f"img-{i}") == int(y) for i, y in enumerate(held_y))
     online_accuracy = correct / HELD_BACK
-    step(f"{len(predicted)} predictions read from {output_topic}: online accuracy "
-         f"{online_accuracy:.3f} on {HELD_BACK} held-back images "
-         f"(test accuracy {test_accuracy:.3f})")
+    step(
+        f"{len(predicted)} predictions read from {output_topic}: online accuracy "
+        f"{online_accuracy:.3f} on {HELD_BACK} held-back images "
+        f"(test accuracy {test_accuracy:.3f})"
+    )
 
     from storage.objects import ObjectStore
 

@@ -65,8 +65,16 @@ class Event:
 
     @property
     def extensions(self) -> dict[str, Any]:
-        core = {"type", "source", "id", "specversion", "time", "subject",
-                "datacontenttype", "dataschema"}
+        core = {
+            "type",
+            "source",
+            "id",
+            "specversion",
+            "time",
+            "subject",
+            "datacontenttype",
+            "dataschema",
+        }
         return {k: v for k, v in self.attributes.items() if k not in core}
 
     def body_bytes(self) -> bytes:
@@ -91,8 +99,13 @@ class Event:
             raise BadRequest(f"event data is not valid JSON: {e}", event_id=self.id) from None
 
     def to_cloudevent(self) -> CloudEvent:
-        attrs = {"specversion": "1.0", **self.attributes, "type": self.type,
-                 "source": self.source, "id": self.id}
+        attrs = {
+            "specversion": "1.0",
+            **self.attributes,
+            "type": self.type,
+            "source": self.source,
+            "id": self.id,
+        }
         attrs.setdefault("time", datetime.now(UTC))
         if isinstance(self.data, (dict, list, int, float, bool)):
             attrs.setdefault("datacontenttype", "application/json")
@@ -122,8 +135,13 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
     except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
         raise InvalidEvent(f"CloudEvent does not parse: {type(e).__name__}: {e}") from None
     attrs = dict(ce.get_attributes())
-    return Event(type=attrs.get("type", ""), source=attrs.get("source", ""),
-                 id=str(attrs.get("id", "")), data=ce.get_data(), attributes=attrs)
+    return Event(
+        type=attrs.get("type", ""),
+        source=attrs.get("source", ""),
+        id=str(attrs.get("id", "")),
+        data=ce.get_data(),
+        attributes=attrs,
+    )
 
 
 def to_http(event: Event, structured: bool = False) -> tuple[dict[str, str], bytes]:

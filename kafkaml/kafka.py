@@ -55,22 +55,25 @@ def _unavailable(bootstrap: str, what: str, e: Exception) -> Unavailable:
 
 
 def _reader(bootstrap: str, config: dict[str, Any] | None) -> Consumer:
-    return Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": "kml-range-reader",  # never subscribes nor commits: assign only
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "enable.partition.eof": True,
-        "auto.offset.reset": "error",
-        "socket.timeout.ms": 10000,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,  # one partition at a time: fetch big
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        **(config or {}),
-    })
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "kml-range-reader",  # never subscribes nor commits: assign only
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "error",
+            "socket.timeout.ms": 10000,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,  # one partition at a time: fetch big
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            **(config or {}),
+        }
+    )
 
 
-def check_ranges(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange],
-                 timeout_s: float) -> None:
+def check_ranges(
+    consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange], timeout_s: float
+) -> None:
     """Every range inside its partition's current low/high watermarks, or one error naming each."""
     problems: list[str] = []
     try:
@@ -84,23 +87,36 @@ def check_ranges(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRang
                 problems.append(f"{r}: topic {r.topic!r} has no partition {r.partition}")
                 continue
             low, high = consumer.get_watermark_offsets(
-                TopicPartition(r.topic, r.partition), timeout=timeout_s, cached=False)
+                TopicPartition(r.topic, r.partition), timeout=timeout_s, cached=False
+            )
             if r.start < low:
-                problems.append(f"{r}: offsets {r.start}..{low - 1} were deleted (retention); "
-                                f"the partition now starts at {low}")
+                problems.append(
+                    f"{r}: offsets {r.start}..{low - 1} were deleted (retention); "
+                    f"the partition now starts at {low}"
+                )
             if r.end > high:
-                problems.append(f"{r}: end {r.end} is beyond the high watermark {high} "
-                                f"(only offsets below {high} exist)")
+                problems.append(
+                    f"{r}: end {r.end} is beyond the high watermark {high} "
+                    f"(only offsets below {high} exist)"
+                )
     except KafkaException as e:
         raise _unavailable(bootstrap, "reading metadata", e) from None
     if problems:
-        raise OffsetRangeUnavailable(f"offset ranges not available: {'; '.join(problems)}",
-                                     problems, ranges=[str(r) for r in ranges])
+        raise OffsetRangeUnavailable(
+            f"offset ranges not available: {'; '.join(problems)}",
+            problems,
+            ranges=[str(r) for r in ranges],
+        )
 
 
-def read_offset_ranges(bootstrap: str, ranges: Sequence[OffsetRange], *, timeout_s: float = 30.0,
-                       batch_size: int = 5000, config: dict[str, Any] | None = None
-                       ) -> RangeRecords:
+def read_offset_ranges(
+    bootstrap: str,
+    ranges: Sequence[OffsetRange],
+    *,
+    timeout_s: float = 30.0,
+    batch_size: int = 5000,
+    config: dict[str, Any] | None = None,
+) -> RangeRecords:
     """Read exactly the offsets ``[start, end)`` of each range (one pass, batched consume)."""
     consumer = _reader(bootstrap, config)
     try:
@@ -110,8 +126,13 @@ def read_offset_ranges(bootstrap: str, ranges: Sequence[OffsetRange], *, timeout
         consumer.close()
 
 
-def _read(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange], timeout_s: float,
-          batch_size: int) -> RangeRecords:
+def _read(
+    consumer: Consumer,
+    bootstrap: str,
+    ranges: Sequence[OffsetRange],
+    timeout_s: float,
+    batch_size: int,
+) -> RangeRecords:
     out = RangeRecords()
     for r in ranges:
         values, keys = _read_range(consumer, bootstrap, r, timeout_s, batch_size)
@@ -121,8 +142,9 @@ def _read(consumer: Consumer, bootstrap: str, ranges: Sequence[OffsetRange], tim
     return out
 
 
-def _read_range(consumer: Consumer, bootstrap: str, r: OffsetRange, timeout_s: float,
-                batch_size: int) -> tuple[list[bytes], list[bytes | None]]:
+def _read_range(
+    consumer: Consumer, bootstrap: str, r: OffsetRange, timeout_s: float, batch_size: int
+) -> tuple[list[bytes], list[bytes | None]]:
     """One partition's ``[start, end)``, a batch at a time: per message only ``error()``,
     ``value()`` and ``key()``, mapped in C; offsets are read only in the batch crossing the end."""
     values: list[bytes] = []
@@ -134,8 +156,10 @@ def _read_range(consumer: Consumer, bootstrap: str, r: OffsetRange, timeout_s: f
     try:
         while True:
             if time.monotonic() > deadline:
-                raise Unavailable(f"Kafka at {bootstrap} sent nothing for {timeout_s:g}s; "
-                                  f"unfinished range: {r} (read {len(values)})")
+                raise Unavailable(
+                    f"Kafka at {bootstrap} sent nothing for {timeout_s:g}s; "
+                    f"unfinished range: {r} (read {len(values)})"
+                )
             try:
                 batch = consumer.consume(batch_size, timeout=1.0)
             except KafkaException as e:
@@ -170,8 +194,9 @@ def _without_errors(batch: list, bootstrap: str, r: OffsetRange) -> tuple[list, 
         elif err.code() == KafkaError._PARTITION_EOF:
             eof = eof or msg.offset() >= r.end
         elif err.code() in _OUT_OF_RANGE:
-            raise OffsetRangeUnavailable(f"offset range {r} is no longer available: {err.str()}",
-                                         [f"{r}: {err.str()}"])
+            raise OffsetRangeUnavailable(
+                f"offset range {r} is no longer available: {err.str()}", [f"{r}: {err.str()}"]
+            )
         elif err.fatal() or not err.retriable():
             raise Unavailable(f"Kafka at {bootstrap}: {err.str()}")
     return good, eof
@@ -180,17 +205,20 @@ def _without_errors(batch: list, bootstrap: str, r: OffsetRange) -> tuple[list, 
 class ConfirmingProducer:
     """A producer that waits for every delivery report and keeps each partition's offset span."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 30.0,
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, timeout_s: float = 30.0, config: dict[str, Any] | None = None
+    ) -> None:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "message.timeout.ms": int(timeout_s * 1000),
-            "message.max.bytes": 16 * 1024 * 1024,
-            **(config or {}),
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": int(timeout_s * 1000),
+                "message.max.bytes": 16 * 1024 * 1024,
+                **(config or {}),
+            }
+        )
         self._spans: dict[tuple[str, int], list[int]] = {}
         self._errors: list[KafkaError] = []
         self.delivered = 0
@@ -203,15 +231,26 @@ class ConfirmingProducer:
         span = self._spans.setdefault((msg.topic(), msg.partition()), [msg.offset(), msg.offset()])
         span[0], span[1] = min(span[0], msg.offset()), max(span[1], msg.offset())
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None,
-                headers: list[tuple[str, bytes]] | None = None, partition: int | None = None
-                ) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> None:
         extra = {"partition": partition} if partition is not None else {}
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers,
-                                       on_delivery=self._on_delivery, **extra)
+                self._producer.produce(
+                    topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=self._on_delivery,
+                    **extra,
+                )
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 if time.monotonic() > deadline:
@@ -225,26 +264,33 @@ class ConfirmingProducer:
         """Wait for every outstanding delivery; any failure raises (nothing is silently lost)."""
         remaining = self._producer.flush(self.timeout_s)
         if remaining:
-            raise Unavailable(f"{remaining} records not confirmed by Kafka at {self.bootstrap} "
-                              f"within {self.timeout_s:g}s")
+            raise Unavailable(
+                f"{remaining} records not confirmed by Kafka at {self.bootstrap} "
+                f"within {self.timeout_s:g}s"
+            )
         if self._errors:
             errors, self._errors = self._errors, []
             first = errors[0]
             if first.code() == KafkaError.MSG_SIZE_TOO_LARGE:
                 raise PayloadTooLarge(f"Kafka refused a record: {first.str()}")
-            raise Unavailable(f"Kafka at {self.bootstrap} refused {len(errors)} records: "
-                              f"{first.str()}")
+            raise Unavailable(
+                f"Kafka at {self.bootstrap} refused {len(errors)} records: {first.str()}"
+            )
 
     def poll(self) -> None:
         self._producer.poll(0)
 
     def ranges(self, topic: str | None = None) -> list[OffsetRange]:
         """Offset ranges (end exclusive) spanned by the confirmed deliveries, by partition."""
-        return [OffsetRange(t, p, lo, hi + 1) for (t, p), (lo, hi) in sorted(self._spans.items())
-                if topic is None or t == topic]
+        return [
+            OffsetRange(t, p, lo, hi + 1)
+            for (t, p), (lo, hi) in sorted(self._spans.items())
+            if topic is None or t == topic
+        ]
 
-    def publish_event(self, topic: str, event: Event, key: str | None = None,
-                      wait: bool = True) -> None:
+    def publish_event(
+        self, topic: str, event: Event, key: str | None = None, wait: bool = True
+    ) -> None:
         """A CloudEvent in structured mode; ``wait`` blocks until Kafka confirms it."""
         value, headers = to_kafka_structured(event)
         self.produce(topic, value, key.encode() if key else None, headers)
@@ -252,12 +298,18 @@ class ConfirmingProducer:
             self.flush()
 
 
-def ensure_topic(bootstrap: str, topic: str, partitions: int = 1, timeout_s: float = 30.0,
-                 config: dict[str, str] | None = None) -> None:
+def ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int = 1,
+    timeout_s: float = 30.0,
+    config: dict[str, str] | None = None,
+) -> None:
     """Create ``topic`` unless it exists."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(topic, partitions, 1, config=config or {})],
-                                  request_timeout=timeout_s)
+    futures = admin.create_topics(
+        [NewTopic(topic, partitions, 1, config=config or {})], request_timeout=timeout_s
+    )
     for fut in futures.values():
         try:
             fut.result(timeout=timeout_s)
@@ -274,16 +326,21 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int
         md = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if md is None or md.error is not None:
             return {}
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s,
-                                                  cached=False)[1] for p in md.partitions}
+        return {
+            p: consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=timeout_s, cached=False
+            )[1]
+            for p in md.partitions
+        }
     except KafkaException as e:
         raise _unavailable(bootstrap, f"reading offsets of {topic}", e) from None
     finally:
         consumer.close()
 
 
-def follow(bootstrap: str, topic: str, start: dict[int, int], idle_timeout_s: float
-           ) -> Iterator[Any]:
+def follow(
+    bootstrap: str, topic: str, start: dict[int, int], idle_timeout_s: float
+) -> Iterator[Any]:
     """Records of ``topic`` from ``start`` offsets (0 for partitions not named) on; stops after
     ``idle_timeout_s`` of silence."""
     consumer = _reader(bootstrap, {"enable.partition.eof": False})

@@ -21,13 +21,27 @@ import yaml
 KUSTOMIZATION_FILES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 SUPPORTED_FIELDS = {"apiVersion", "kind", "resources", "patches", "namespace", "labels"}
 CLUSTER_SCOPED = {
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
-    "PersistentVolume", "StorageClass", "PriorityClass", "ValidatingWebhookConfiguration",
-    "MutatingWebhookConfiguration", "APIService",
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "CustomResourceDefinition",
+    "PersistentVolume",
+    "StorageClass",
+    "PriorityClass",
+    "ValidatingWebhookConfiguration",
+    "MutatingWebhookConfiguration",
+    "APIService",
 }
 # Lists of core kinds that strategic merge merges by key instead of replacing.
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
-              "volumeMounts": "mountPath", "ports": "containerPort", "envFrom": None}
+MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "env": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "ports": "containerPort",
+    "envFrom": None,
+}
 
 
 class KustomizeError(ValueError):
@@ -45,8 +59,12 @@ class Target:
     def matches(self, doc: dict[str, Any]) -> bool:
         group, _, version = _split_api_version(doc.get("apiVersion", ""))
         meta = doc.get("metadata") or {}
-        checks = [(self.group, group), (self.version, version), (self.kind, doc.get("kind")),
-                  (self.namespace, meta.get("namespace"))]
+        checks = [
+            (self.group, group),
+            (self.version, version),
+            (self.kind, doc.get("kind")),
+            (self.namespace, meta.get("namespace")),
+        ]
         if any(want is not None and want != got for want, got in checks):
             return False
         return self.name is None or re.fullmatch(self.name, meta.get("name", "")) is not None
@@ -62,8 +80,9 @@ def build(path: str | Path) -> list[dict[str, Any]]:
         raise KustomizeError(f"{kfile}: not valid YAML: {e}") from None
     unknown = sorted(set(spec) - SUPPORTED_FIELDS)
     if unknown:
-        raise KustomizeError(f"{kfile}: unsupported field(s) {unknown}; supported: "
-                             f"{sorted(SUPPORTED_FIELDS)}")
+        raise KustomizeError(
+            f"{kfile}: unsupported field(s) {unknown}; supported: {sorted(SUPPORTED_FIELDS)}"
+        )
     docs: list[dict[str, Any]] = []
     for entry in spec.get("resources") or []:
         docs.extend(_load_resource(root / entry, kfile))
@@ -164,8 +183,13 @@ def _apply_patch(docs: list[dict[str, Any]], patch: dict[str, Any], root: Path, 
 def _smp_target(body: dict[str, Any]) -> Target:
     group, _, version = _split_api_version(body.get("apiVersion", ""))
     meta = body.get("metadata") or {}
-    return Target(group=group, version=version, kind=body.get("kind"),
-                  name=re.escape(meta.get("name", "")), namespace=meta.get("namespace"))
+    return Target(
+        group=group,
+        version=version,
+        kind=body.get("kind"),
+        name=re.escape(meta.get("name", "")),
+        namespace=meta.get("namespace"),
+    )
 
 
 def _strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
@@ -183,9 +207,16 @@ def _strategic_merge(base: Any, patch: Any, key: str | None = None) -> Any:
     if isinstance(base, list) and isinstance(patch, list) and merge_key:
         out = list(base)
         for item in patch:
-            idx = next((i for i, b in enumerate(out)
-                        if isinstance(b, dict) and isinstance(item, dict)
-                        and b.get(merge_key) == item.get(merge_key)), None)
+            idx = next(
+                (
+                    i
+                    for i, b in enumerate(out)
+                    if isinstance(b, dict)
+                    and isinstance(item, dict)
+                    and b.get(merge_key) == item.get(merge_key)
+                ),
+                None,
+            )
             if idx is None:
                 out.append(copy.deepcopy(item))
             else:
@@ -208,8 +239,9 @@ def _json6902(doc: dict[str, Any], ops: list[dict[str, Any]], where: str) -> Non
             try:
                 parent = parent[int(part)] if isinstance(parent, list) else parent[part]
             except (KeyError, IndexError, ValueError):
-                raise KustomizeError(f"{where}: path {op['path']} does not exist in "
-                                     f"{resource_id(doc)}") from None
+                raise KustomizeError(
+                    f"{where}: path {op['path']} does not exist in {resource_id(doc)}"
+                ) from None
         last = parts[-1]
         kind = op.get("op")
         if kind in ("add", "replace"):
@@ -223,8 +255,9 @@ def _json6902(doc: dict[str, Any], ops: list[dict[str, Any]], where: str) -> Non
                     parent[int(last)] = value
             else:
                 if kind == "replace" and last not in parent:
-                    raise KustomizeError(f"{where}: cannot replace missing {op['path']} in "
-                                         f"{resource_id(doc)}")
+                    raise KustomizeError(
+                        f"{where}: cannot replace missing {op['path']} in {resource_id(doc)}"
+                    )
                 parent[last] = value
         elif kind == "remove":
             try:

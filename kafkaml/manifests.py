@@ -20,8 +20,12 @@ SERVICE_PREFIX = "kml-infer-"
 CONTAINER_PORT = 8080
 TIMEOUT_SECONDS = 300
 """Per-request cap of the inference Service (Knative allows at most 600)."""
-DELIVERY = {"retry": 5, "backoffPolicy": "exponential", "backoffDelay": "PT0.5S",
-            "timeout": "PT30S"}
+DELIVERY = {
+    "retry": 5,
+    "backoffPolicy": "exponential",
+    "backoffDelay": "PT0.5S",
+    "timeout": "PT30S",
+}
 """Retry 5 times at 1, 2, 4, 8, 16 s; each attempt bounded to 30 s."""
 
 
@@ -41,46 +45,66 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
     return [_service(spec, settings, name, labels), _kafka_source(spec, settings, name, labels)]
 
 
-def _service(spec: dict[str, Any], settings: Settings, name: str,
-             labels: dict[str, str]) -> dict[str, Any]:
+def _service(
+    spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
+) -> dict[str, Any]:
     target = int(spec["target_concurrency"])
     container = {
         "name": "infer",
         "image": spec.get("image") or settings.infer_image,
         "ports": [{"containerPort": CONTAINER_PORT}],
         "env": [{"name": "KML_INFERENCE_ID", "value": str(spec["id"])}],
-        "envFrom": [{"configMapRef": {"name": SETTINGS_CONFIGMAP}},
-                    {"secretRef": {"name": S3_SECRET}}],
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
-                      "limits": {"cpu": "1", "memory": "1Gi"}},
-        "readinessProbe": {"httpGet": {"path": "/health/readiness"},
-                           "periodSeconds": 5, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": "/health/liveness"},
-                          "periodSeconds": 10, "failureThreshold": 3},
+        "envFrom": [
+            {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
+            {"secretRef": {"name": S3_SECRET}},
+        ],
+        "resources": {
+            "requests": {"cpu": "250m", "memory": "256Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health/readiness"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health/liveness"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
     }
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": settings.namespace, "labels": {
-            **labels, "networking.knative.dev/visibility": "cluster-local"}},
-        "spec": {"template": {
-            "metadata": {"labels": labels, "annotations": {
-                "autoscaling.knative.dev/min-scale": str(int(spec["min_scale"])),
-                "autoscaling.knative.dev/max-scale": str(int(spec["max_scale"])),
-                "autoscaling.knative.dev/metric": "concurrency",
-                "autoscaling.knative.dev/target": str(target),
-            }},
-            "spec": {
-                "containerConcurrency": target,
-                "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
-                "containers": [container],
-            },
-        }},
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": {**labels, "networking.knative.dev/visibility": "cluster-local"},
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": str(int(spec["min_scale"])),
+                        "autoscaling.knative.dev/max-scale": str(int(spec["max_scale"])),
+                        "autoscaling.knative.dev/metric": "concurrency",
+                        "autoscaling.knative.dev/target": str(target),
+                    },
+                },
+                "spec": {
+                    "containerConcurrency": target,
+                    "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
+                    "containers": [container],
+                },
+            }
+        },
     }
 
 
-def _kafka_source(spec: dict[str, Any], settings: Settings, name: str,
-                  labels: dict[str, str]) -> dict[str, Any]:
+def _kafka_source(
+    spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
+) -> dict[str, Any]:
     servers = [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
     return {
         "apiVersion": "sources.knative.dev/v1beta1",
@@ -94,11 +118,19 @@ def _kafka_source(spec: dict[str, Any], settings: Settings, name: str,
             # Predictions are independent and keyed by their input, so order does not matter:
             # up to 50 records in flight per partition let the infer micro-batcher fill batches.
             "ordering": "unordered",
-            "delivery": {**DELIVERY, "deadLetterSink": {"ref": {
-                "apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink",
-                "name": settings.dlq_topic}}},
-            "sink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                             "name": name}},
+            "delivery": {
+                **DELIVERY,
+                "deadLetterSink": {
+                    "ref": {
+                        "apiVersion": "eventing.knative.dev/v1alpha1",
+                        "kind": "KafkaSink",
+                        "name": settings.dlq_topic,
+                    }
+                },
+            },
+            "sink": {
+                "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}
+            },
         },
     }
 

@@ -47,8 +47,11 @@ def load_crd_schemas(directory: Path = DEFAULT_SCHEMAS) -> dict[SchemaKey, dict[
                     schema = to_json_schema(raw)
                     # Every object may carry these, declared in its CRD or not.
                     props = schema.setdefault("properties", {})
-                    for field, kind in (("apiVersion", "string"), ("kind", "string"),
-                                        ("metadata", "object")):
+                    for field, kind in (
+                        ("apiVersion", "string"),
+                        ("kind", "string"),
+                        ("metadata", "object"),
+                    ):
                         props.setdefault(field, {"type": kind})
                     schemas[key] = schema
     if not schemas:
@@ -68,16 +71,21 @@ def to_json_schema(node: Any) -> Any:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
-    if ("properties" in node and "additionalProperties" not in node
-            and not node.get("x-kubernetes-preserve-unknown-fields")):
+    if (
+        "properties" in node
+        and "additionalProperties" not in node
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     return out
 
 
 def _schema_problems(doc: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     validator = jsonschema.Draft202012Validator(schema)
-    return [f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))]
+    return [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+    ]
 
 
 def _core_problems(doc: dict[str, Any]) -> list[str]:
@@ -129,8 +137,7 @@ def rule_problems(doc: dict[str, Any]) -> list[str]:
     return []
 
 
-def check_documents(docs: list[dict[str, Any]],
-                    crds: dict[SchemaKey, dict[str, Any]]) -> list[str]:
+def check_documents(docs: list[dict[str, Any]], crds: dict[SchemaKey, dict[str, Any]]) -> list[str]:
     """Every problem of a kustomize build: schemas, per-manifest rules, cross references."""
     problems: list[str] = []
     for doc in docs:
@@ -142,8 +149,11 @@ def check_documents(docs: list[dict[str, Any]],
 def missing_topics(docs: list[dict[str, Any]], strimzi_docs: list[dict[str, Any]]) -> list[str]:
     """Topics read or written by ``docs`` (KafkaSources, KafkaSinks, the settings) that have no
     KafkaTopic in ``strimzi_docs``."""
-    topics = {(d.get("spec") or {}).get("topicName") or d["metadata"]["name"]
-              for d in strimzi_docs if d.get("kind") == "KafkaTopic"}
+    topics = {
+        (d.get("spec") or {}).get("topicName") or d["metadata"]["name"]
+        for d in strimzi_docs
+        if d.get("kind") == "KafkaTopic"
+    }
     wanted: dict[str, str] = {}
     for doc in docs:
         spec = doc.get("spec") or {}
@@ -156,5 +166,8 @@ def missing_topics(docs: list[dict[str, Any]], strimzi_docs: list[dict[str, Any]
             for k, v in (doc.get("data") or {}).items():
                 if k.startswith("KML_") and k.endswith("_TOPIC"):
                     wanted.setdefault(v, f"{name_of(doc)} {k}")
-    return [f"{who}: topic {t!r} has no KafkaTopic in the strimzi-kafka overlay"
-            for t, who in sorted(wanted.items()) if t not in topics]
+    return [
+        f"{who}: topic {t!r} has no KafkaTopic in the strimzi-kafka overlay"
+        for t, who in sorted(wanted.items())
+        if t not in topics
+    ]

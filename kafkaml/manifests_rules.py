@@ -26,8 +26,11 @@ METRICS = ("concurrency", "rps", "cpu", "memory")
 CLASSES = ("kpa.autoscaling.knative.dev", "hpa.autoscaling.knative.dev")
 PROBES = {"livenessProbe": "/health/liveness", "readinessProbe": "/health/readiness"}
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|CREDENTIAL", re.IGNORECASE)
-SINK_KINDS = {("serving.knative.dev", "Service"), ("eventing.knative.dev", "KafkaSink"),
-              ("sinks.knative.dev", "JobSink")}
+SINK_KINDS = {
+    ("serving.knative.dev", "Service"),
+    ("eventing.knative.dev", "KafkaSink"),
+    ("sinks.knative.dev", "JobSink"),
+}
 
 
 def _int(value: Any) -> int | None:
@@ -49,15 +52,17 @@ def check_autoscaling(annotations: dict[str, str], scale_to_zero: bool = True) -
         if AUTOSCALING + name in annotations:
             value = _int(annotations[AUTOSCALING + name])
             if value is None or value < 0:
-                found.append(f"{AUTOSCALING}{name}={annotations[AUTOSCALING + name]!r} "
-                             "is not an integer >= 0")
+                found.append(
+                    f"{AUTOSCALING}{name}={annotations[AUTOSCALING + name]!r} "
+                    "is not an integer >= 0"
+                )
             else:
                 scale[name] = value
     for name in ("min-scale", "max-scale"):
         if AUTOSCALING + name not in annotations:
             found.append(f"{AUTOSCALING}{name} is not set")
     if scale_to_zero and scale.get("min-scale", 0) != 0:
-        found.append(f"{AUTOSCALING}min-scale must be \"0\" so the function scales to zero")
+        found.append(f'{AUTOSCALING}min-scale must be "0" so the function scales to zero')
     lo, hi = scale.get("min-scale"), scale.get("max-scale")
     if lo is not None and hi not in (None, 0) and lo > hi:
         found.append(f"{AUTOSCALING}min-scale {lo} > max-scale {hi}")
@@ -88,8 +93,10 @@ def check_container(c: dict[str, Any], prefix: str) -> list[str]:
             found.append(f"{prefix}.resources.{part}: missing {sorted(missing)}")
     for env in c.get("env") or []:
         if SECRET_NAME.search(env.get("name", "")) and "value" in env:
-            found.append(f"{prefix}.env {env['name']}: a secret must come from a Secret "
-                         "(valueFrom.secretKeyRef or envFrom.secretRef), never inline")
+            found.append(
+                f"{prefix}.env {env['name']}: a secret must come from a Secret "
+                "(valueFrom.secretKeyRef or envFrom.secretRef), never inline"
+            )
     return found
 
 
@@ -101,12 +108,15 @@ def check_knative_service(doc: dict[str, Any]) -> list[str]:
     found = check_autoscaling(annotations, scale_to_zero=name in SCALE_TO_ZERO)
     timeout = spec.get("timeoutSeconds")
     if not isinstance(timeout, int) or not 0 < timeout <= MAX_TIMEOUT_S:
-        found.append(f"spec.template.spec.timeoutSeconds={timeout!r} must be set, "
-                     f"1..{MAX_TIMEOUT_S}")
+        found.append(
+            f"spec.template.spec.timeoutSeconds={timeout!r} must be set, 1..{MAX_TIMEOUT_S}"
+        )
     cc = spec.get("containerConcurrency")
     if not isinstance(cc, int) or not 0 <= cc <= MAX_CONTAINER_CONCURRENCY:
-        found.append(f"spec.template.spec.containerConcurrency={cc!r} must be set, "
-                     f"0..{MAX_CONTAINER_CONCURRENCY}")
+        found.append(
+            f"spec.template.spec.containerConcurrency={cc!r} must be set, "
+            f"0..{MAX_CONTAINER_CONCURRENCY}"
+        )
     for i, c in enumerate(spec.get("containers") or []):
         found += check_container(c, f"spec.template.spec.containers[{i}]")
     return found
@@ -138,8 +148,10 @@ def check_kafka_source(doc: dict[str, Any]) -> list[str]:
                 found.append(f"spec.delivery.{field}: {e}")
                 continue
             if field == "timeout" and not 0 < seconds <= MAX_TIMEOUT_S:
-                found.append(f"spec.delivery.timeout {delivery[field]} must be within "
-                             f"0..{MAX_TIMEOUT_S} s (Knative's request cap)")
+                found.append(
+                    f"spec.delivery.timeout {delivery[field]} must be within "
+                    f"0..{MAX_TIMEOUT_S} s (Knative's request cap)"
+                )
     return found
 
 
@@ -199,9 +211,12 @@ def check_references(docs: list[dict[str, Any]]) -> list[str]:
         ns, who = meta.get("namespace", ""), f"{d.get('kind')}/{meta.get('name')}"
         spec = d.get("spec") or {}
         if is_kafka_source(d):
-            refs = {"spec.sink": (spec.get("sink") or {}).get("ref"),
-                    "spec.delivery.deadLetterSink": ((spec.get("delivery") or {})
-                                                     .get("deadLetterSink") or {}).get("ref")}
+            refs = {
+                "spec.sink": (spec.get("sink") or {}).get("ref"),
+                "spec.delivery.deadLetterSink": (
+                    (spec.get("delivery") or {}).get("deadLetterSink") or {}
+                ).get("ref"),
+            }
             for field, ref in refs.items():
                 if not ref:
                     continue
@@ -210,12 +225,15 @@ def check_references(docs: list[dict[str, Any]]) -> list[str]:
                 if (group, key[1]) not in SINK_KINDS:
                     found.append(f"{who}: {field} must be a Knative Service, KafkaSink or JobSink")
                 elif key not in have:
-                    found.append(f"{who}: {field} names {key[1]} {key[2]}/{key[3]}, which is not "
-                                 "in the build")
+                    found.append(
+                        f"{who}: {field} names {key[1]} {key[2]}/{key[3]}, which is not "
+                        "in the build"
+                    )
         for ref_kind, name in _env_refs(d):
             if ("", ref_kind, ns, name) not in have:
-                found.append(f"{who}: envFrom/valueFrom names {ref_kind} {name!r}, "
-                             "not in the build")
+                found.append(
+                    f"{who}: envFrom/valueFrom names {ref_kind} {name!r}, not in the build"
+                )
         cluster = (meta.get("labels") or {}).get("strimzi.io/cluster")
         if cluster and ("kafka.strimzi.io", "Kafka", ns, cluster) not in have:
             found.append(f"{who}: strimzi.io/cluster names Kafka {cluster!r}, not in the build")
@@ -227,8 +245,12 @@ def _env_refs(doc: dict[str, Any]) -> list[tuple[str, str]]:
 
     def walk(node: Any) -> None:
         if isinstance(node, dict):
-            for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret"),
-                              ("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
+            for key, kind in (
+                ("configMapRef", "ConfigMap"),
+                ("secretRef", "Secret"),
+                ("configMapKeyRef", "ConfigMap"),
+                ("secretKeyRef", "Secret"),
+            ):
                 if isinstance(node.get(key), dict) and node[key].get("name"):
                     refs.append((kind, node[key]["name"]))
             for value in node.values():

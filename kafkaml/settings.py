@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 PREFIX = "KML_"
 
@@ -82,7 +83,7 @@ class Settings:
     infer_port: int = 8090
     """Local stack: the first port given to locally deployed inference services."""
     local_parts: str = "all"
-    """Local stack: ``all`` (Kafka, MinIO, functions, bridge) or ``infrastructure`` (Kafka, MinIO)."""
+    """Local stack: ``all`` (Kafka, MinIO, functions, bridge) or ``infrastructure``."""
     log_level: str = "INFO"
     """Log level of the functions."""
     train_record_epoch_budget_s: float = 0.0005
@@ -118,7 +119,10 @@ class Settings:
 
     @property
     def s3_credentials(self) -> dict[str, str]:
-        return {"aws_access_key_id": self.s3_access_key, "aws_secret_access_key": self.s3_secret_key}
+        return {
+            "aws_access_key_id": self.s3_access_key,
+            "aws_secret_access_key": self.s3_secret_key,
+        }
 
 
 _DEFAULTS = Settings()

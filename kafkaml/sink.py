@@ -32,12 +32,22 @@ class KafkaMLSink:
 
     input_format = ""
 
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "",
-                 deployment_id: str | int = "", description: str = "",
-                 validation_rate: float = 0, test_rate: float = 0,
-                 control_topic: str = "kml-control", group_id: str = "sink", *,
-                 boostrap_servers: str | None = None, kafka_ml_key: bool = False,
-                 timeout_s: float = 30.0, producer_config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        topic: str = "",
+        deployment_id: str | int = "",
+        description: str = "",
+        validation_rate: float = 0,
+        test_rate: float = 0,
+        control_topic: str = "kml-control",
+        group_id: str = "sink",
+        *,
+        boostrap_servers: str | None = None,
+        kafka_ml_key: bool = False,
+        timeout_s: float = 30.0,
+        producer_config: dict[str, Any] | None = None,
+    ) -> None:
         servers = bootstrap_servers or boostrap_servers  # Kafka-ML spells it "boostrap"
         if not servers or not topic or deployment_id in ("", None):
             raise ValueError("bootstrap_servers, topic and deployment_id are required")
@@ -97,8 +107,11 @@ class KafkaMLSink:
         """Confirm every record, publish the control message, wait for its confirmation."""
         self._producer.flush()
         message = self.control()
-        self._producer.produce(self.control_topic, to_control_message_bytes(message),
-                               control_message_key(self.deployment_id, self.kafka_ml_key))
+        self._producer.produce(
+            self.control_topic,
+            to_control_message_bytes(message),
+            control_message_key(self.deployment_id, self.kafka_ml_key),
+        )
         self._producer.flush()
         self.control_message = message
         return message
@@ -123,17 +136,39 @@ class RawSink(KafkaMLSink):
 
     input_format = "RAW"
 
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "",
-                 deployment_id: str | int = "", data_type: str | None = None,
-                 label_type: str | None = None, description: str = "",
-                 data_reshape: str | None = None, label_reshape: str | None = None,
-                 validation_rate: float = 0, test_rate: float = 0,
-                 control_topic: str = "kml-control", group_id: str = "sink", **options: Any
-                 ) -> None:
-        super().__init__(bootstrap_servers, topic, deployment_id, description, validation_rate,
-                         test_rate, control_topic, group_id, **options)
-        self.input_config = {"data_type": data_type, "label_type": label_type,
-                             "data_reshape": data_reshape, "label_reshape": label_reshape}
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        topic: str = "",
+        deployment_id: str | int = "",
+        data_type: str | None = None,
+        label_type: str | None = None,
+        description: str = "",
+        data_reshape: str | None = None,
+        label_reshape: str | None = None,
+        validation_rate: float = 0,
+        test_rate: float = 0,
+        control_topic: str = "kml-control",
+        group_id: str = "sink",
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            deployment_id,
+            description,
+            validation_rate,
+            test_rate,
+            control_topic,
+            group_id,
+            **options,
+        )
+        self.input_config = {
+            "data_type": data_type,
+            "label_type": label_type,
+            "data_reshape": data_reshape,
+            "label_reshape": label_reshape,
+        }
 
     def _codec_or_configure(self, data: Any, label: Any) -> Codec:
         if self._codec is None:
@@ -154,17 +189,39 @@ class JsonSink(KafkaMLSink):
 
     input_format = "JSON"
 
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "",
-                 deployment_id: str | int = "", data_type: str = "float32",
-                 label_type: str = "float32", description: str = "",
-                 data_reshape: str | None = None, label_reshape: str | None = None,
-                 validation_rate: float = 0, test_rate: float = 0,
-                 control_topic: str = "kml-control", group_id: str = "sink", **options: Any
-                 ) -> None:
-        super().__init__(bootstrap_servers, topic, deployment_id, description, validation_rate,
-                         test_rate, control_topic, group_id, **options)
-        self.input_config = {"data_type": data_type, "label_type": label_type,
-                             "data_reshape": data_reshape, "label_reshape": label_reshape}
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        topic: str = "",
+        deployment_id: str | int = "",
+        data_type: str = "float32",
+        label_type: str = "float32",
+        description: str = "",
+        data_reshape: str | None = None,
+        label_reshape: str | None = None,
+        validation_rate: float = 0,
+        test_rate: float = 0,
+        control_topic: str = "kml-control",
+        group_id: str = "sink",
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            deployment_id,
+            description,
+            validation_rate,
+            test_rate,
+            control_topic,
+            group_id,
+            **options,
+        )
+        self.input_config = {
+            "data_type": data_type,
+            "label_type": label_type,
+            "data_reshape": data_reshape,
+            "label_reshape": label_reshape,
+        }
         self._codec = codec_for("JSON", self.input_config)
         assert isinstance(self._codec, JsonCodec)
 
@@ -174,15 +231,34 @@ class AvroSink(KafkaMLSink):
 
     input_format = "AVRO"
 
-    def __init__(self, bootstrap_servers: str | None = None, topic: str = "",
-                 deployment_id: str | int = "", data_scheme_filename: str | None = None,
-                 label_scheme_filename: str | None = None, description: str = "",
-                 validation_rate: float = 0, test_rate: float = 0,
-                 control_topic: str = "kml-control", group_id: str = "sink", *,
-                 data_scheme: str | dict | None = None, label_scheme: str | dict | None = None,
-                 **options: Any) -> None:
-        super().__init__(bootstrap_servers, topic, deployment_id, description, validation_rate,
-                         test_rate, control_topic, group_id, **options)
+    def __init__(
+        self,
+        bootstrap_servers: str | None = None,
+        topic: str = "",
+        deployment_id: str | int = "",
+        data_scheme_filename: str | None = None,
+        label_scheme_filename: str | None = None,
+        description: str = "",
+        validation_rate: float = 0,
+        test_rate: float = 0,
+        control_topic: str = "kml-control",
+        group_id: str = "sink",
+        *,
+        data_scheme: str | dict | None = None,
+        label_scheme: str | dict | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            deployment_id,
+            description,
+            validation_rate,
+            test_rate,
+            control_topic,
+            group_id,
+            **options,
+        )
         data = data_scheme or Path(str(data_scheme_filename)).read_text()
         label = label_scheme or Path(str(label_scheme_filename)).read_text()
         self.input_config = {

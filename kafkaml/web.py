@@ -59,7 +59,9 @@ def received_event(settings: Settings) -> Event:
     """The CloudEvent of the current request, size-bounded."""
     length = request.content_length
     if length is not None and length > settings.max_body_bytes:
-        raise PayloadTooLarge(f"body of {length} bytes exceeds the limit of {settings.max_body_bytes}")
+        raise PayloadTooLarge(
+            f"body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
+        )
     body = request.get_data(cache=True)
     if len(body) > settings.max_body_bytes:
         raise PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
@@ -83,14 +85,17 @@ def install_common(app: Flask, settings: Settings, ready: Callable[[], None]) ->
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):
-        return json_response({"error": e.description, "kind": e.name.lower().replace(" ", "_"),
-                              "status": e.code}, e.code or 500)
+        return json_response(
+            {"error": e.description, "kind": e.name.lower().replace(" ", "_"), "status": e.code},
+            e.code or 500,
+        )
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):
         log.exception("unexpected error", extra={"fields": {"path": request.path}})
-        return json_response({"error": f"internal error: {type(e).__name__}", "kind": "internal",
-                              "status": 500}, 500)
+        return json_response(
+            {"error": f"internal error: {type(e).__name__}", "kind": "internal", "status": 500}, 500
+        )
 
     @app.get("/health/liveness")
     def _liveness():
@@ -109,8 +114,17 @@ def install_common(app: Flask, settings: Settings, ready: Callable[[], None]) ->
     def _log_request(response: Response):
         if not request.path.startswith("/health"):
             took = time.perf_counter() - request.environ.get("kml.start", time.perf_counter())
-            log.info("request", extra={"fields": {
-                "method": request.method, "path": request.path, "status": response.status_code,
-                "ce_type": request.headers.get("ce-type"), "ce_id": request.headers.get("ce-id"),
-                "ms": round(took * 1000, 1)}})
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": request.method,
+                        "path": request.path,
+                        "status": response.status_code,
+                        "ce_type": request.headers.get("ce-type"),
+                        "ce_id": request.headers.get("ce-id"),
+                        "ms": round(took * 1000, 1),
+                    }
+                },
+            )
         return response

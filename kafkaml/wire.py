@@ -29,8 +29,15 @@ from kafkaml.codecs import (
 )
 
 __all__ = [
-    "Codec", "ControlMessage", "InvalidControlMessage", "OffsetRange", "UndecodableRecord",
-    "codec_for", "control_message_key", "deployment_id_from_key", "parse_control_message",
+    "Codec",
+    "ControlMessage",
+    "InvalidControlMessage",
+    "OffsetRange",
+    "UndecodableRecord",
+    "codec_for",
+    "control_message_key",
+    "deployment_id_from_key",
+    "parse_control_message",
     "to_control_message_bytes",
 ]
 
@@ -167,12 +174,16 @@ def deployment_id_from_key(key: bytes | str | None) -> tuple[str | None, str | N
         return str(int(text)), None
     if len(text) == 1:
         if text == _REPLACEMENT:
-            return None, ("key: a one-byte Kafka-ML id above 127 cannot pass Knative's string "
-                          "key type; use a decimal string id")
+            return None, (
+                "key: a one-byte Kafka-ML id above 127 cannot pass Knative's string "
+                "key type; use a decimal string id"
+            )
         return str(ord(text)), None
     if not ID_RE.match(text) or ".." in text:
-        return None, (f"key: {text[:60]!r} is not a deployment id (letters, digits, '.', '_', "
-                      "'-', or Kafka-ML's one-byte id)")
+        return None, (
+            f"key: {text[:60]!r} is not a deployment id (letters, digits, '.', '_', "
+            "'-', or Kafka-ML's one-byte id)"
+        )
     return text, None
 
 
@@ -186,8 +197,9 @@ def _rate(body: dict[str, Any], name: str, problems: list[str]) -> float:
     return float(value)
 
 
-def parse_control_message(value: bytes, key: bytes | str | None, *,
-                          deployment_id: str | None = None) -> ControlMessage:
+def parse_control_message(
+    value: bytes, key: bytes | str | None, *, deployment_id: str | None = None
+) -> ControlMessage:
     """Validate; ``InvalidControlMessage`` lists every bad field (status 400 for bad JSON)."""
     try:
         body = json.loads(value)
@@ -196,23 +208,28 @@ def parse_control_message(value: bytes, key: bytes | str | None, *,
             "control message is not valid JSON", [f"value: {e}"], status=400
         ) from None
     if not isinstance(body, dict):
-        raise InvalidControlMessage("invalid control message",
-                                    [f"value: expected a JSON object, got {type(body).__name__}"])
+        raise InvalidControlMessage(
+            "invalid control message", [f"value: expected a JSON object, got {type(body).__name__}"]
+        )
     problems: list[str] = []
     if deployment_id is None:  # from the record key, Kafka-ML's one-byte form included
         deployment_id, key_problem = deployment_id_from_key(key)
         if key_problem:
             problems.append(key_problem)
     elif not isinstance(deployment_id, str) or not ID_RE.match(deployment_id):
-        problems.append(f"deployment_id: {str(deployment_id)[:60]!r} is not a deployment id "
-                        "(letters, digits, '.', '_', '-')")
+        problems.append(
+            f"deployment_id: {str(deployment_id)[:60]!r} is not a deployment id "
+            "(letters, digits, '.', '_', '-')"
+        )
 
     incremental = body.get("incremental", False)
     if not isinstance(incremental, bool):
         problems.append(f"incremental: {incremental!r} must be true or false")
     elif incremental:
-        problems.append("incremental: online (incremental) training is not supported; "
-                        "send a bounded range 'topic:partition:start:end'")
+        problems.append(
+            "incremental: online (incremental) training is not supported; "
+            "send a bounded range 'topic:partition:start:end'"
+        )
 
     topic = body.get("topic")
     ranges: tuple[OffsetRange, ...] = ()
@@ -241,16 +258,20 @@ def parse_control_message(value: bytes, key: bytes | str | None, *,
     validation_rate = _rate(body, "validation_rate", problems)
     test_rate = _rate(body, "test_rate", problems)
     if len(problems) == before and validation_rate + test_rate >= 1:
-        problems.append(f"validation_rate + test_rate = {validation_rate + test_rate:g} leaves "
-                        "nothing to train on (must be < 1)")
+        problems.append(
+            f"validation_rate + test_rate = {validation_rate + test_rate:g} leaves "
+            "nothing to train on (must be < 1)"
+        )
 
     total = body.get("total_msg")
     if total is not None:
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             problems.append(f"total_msg: {total!r} must be a non-negative integer")
         elif ranges and total != sum(r.count for r in ranges):
-            problems.append(f"total_msg: {total} does not match the "
-                            f"{sum(r.count for r in ranges)} offsets named by topic")
+            problems.append(
+                f"total_msg: {total} does not match the "
+                f"{sum(r.count for r in ranges)} offsets named by topic"
+            )
 
     description = body.get("description") or ""
     if not isinstance(description, str):

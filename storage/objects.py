@@ -116,12 +116,16 @@ class ObjectStore:
         if_none_match: bool = False,
         if_match: str | None = None,
     ) -> str:
-        """Write ``key``; with ``if_none_match`` only if absent, with ``if_match`` only if unchanged.
+        """Write ``key``: with ``if_none_match`` only if absent, ``if_match`` only if unchanged.
 
         Returns the new ETag; a lost condition raises ``PreconditionFailed``.
         """
-        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body,
-                                "ContentType": content_type}
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+        }
         if if_none_match:
             args["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -171,8 +175,9 @@ class ObjectStore:
         )
         try:
             for page in pages:
-                names.extend(p["Prefix"][len(prefix):].rstrip("/")
-                             for p in page.get("CommonPrefixes", []))
+                names.extend(
+                    p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                )
         except (ClientError, BotoCoreError) as e:
             raise _translate(e, prefix) from None
         return names

@@ -45,8 +45,10 @@ def stamped(record: dict[str, Any], **fields: Any) -> dict[str, Any]:
 def name_problem(field: str, value: Any) -> str | None:
     """Why ``value`` cannot be a name or id, or None when it can."""
     if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
-        return (f"{field}: {value!r} must be 1-100 characters of letters, digits, '.', '_', '-', "
-                "starting with a letter or digit")
+        return (
+            f"{field}: {value!r} must be 1-100 characters of letters, digits, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
     return None
 
 
@@ -93,7 +95,9 @@ def check_transition(run_id: str, current: dict[str, Any], new_status: str) -> N
     if new_status not in allowed or (old == FAILED and current.get("permanent", True)):
         raise Conflict(
             f"run {run_id}: illegal status change {old} -> {new_status}",
-            run_id=run_id, current=old, requested=new_status,
+            run_id=run_id,
+            current=old,
+            requested=new_status,
         )
 
 
@@ -105,7 +109,8 @@ def check_schema_version(key: str, record: Any) -> dict[str, Any]:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise KmlError(
             f"record {key!r} has schema_version {version!r}; this build reads up to "
-            f"{SCHEMA_VERSION}", status=500,
+            f"{SCHEMA_VERSION}",
+            status=500,
         )
     return record
 

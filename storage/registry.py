@@ -51,8 +51,18 @@ from storage.records import (
     stamped,
 )
 
-INFERENCE_FIELDS = ("id", "run_id", "model", "input_format", "input_config", "input_topic",
-                    "output_topic", "min_scale", "max_scale", "target_concurrency")
+INFERENCE_FIELDS = (
+    "id",
+    "run_id",
+    "model",
+    "input_format",
+    "input_config",
+    "input_topic",
+    "output_topic",
+    "min_scale",
+    "max_scale",
+    "target_concurrency",
+)
 _CREATE_ATTEMPTS = 20
 
 
@@ -92,18 +102,19 @@ class Registry:
             self._store.delete(key)  # no record points at it
             raise
 
-    def _register_version(self, name: str, body: dict[str, Any],
-                          wanted: Any) -> dict[str, Any]:
+    def _register_version(self, name: str, body: dict[str, Any], wanted: Any) -> dict[str, Any]:
         if wanted is not None:
             if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
-                raise ValidationFailed("invalid version",
-                                       [f"version: {wanted!r} must be a positive integer"])
+                raise ValidationFailed(
+                    "invalid version", [f"version: {wanted!r} must be a positive integer"]
+                )
             record = stamped(body, name=name, version=wanted)
             try:
                 self._store.put_json(self._model_key(name, wanted), record, if_none_match=True)
             except PreconditionFailed:
-                raise Conflict(f"model {name} version {wanted} already exists",
-                               model=name, version=wanted) from None
+                raise Conflict(
+                    f"model {name} version {wanted} already exists", model=name, version=wanted
+                ) from None
             return record
         for _ in range(_CREATE_ATTEMPTS):
             version = max(self.list_model_versions(name), default=0) + 1
@@ -188,8 +199,9 @@ class Registry:
         else:
             refs = self.pin_refs(list(record.get("models") or []))
         if not refs:
-            raise ValidationFailed("a deployment needs models",
-                                   ["configuration or models: one is required"])
+            raise ValidationFailed(
+                "a deployment needs models", ["configuration or models: one is required"]
+            )
         wanted = record.get("id")
         if wanted is not None:
             check_name("id", wanted)
@@ -197,8 +209,11 @@ class Registry:
             self._create(f"deployments/{wanted}.json", out, f"deployment {wanted!r}")
             return out
         for _ in range(_CREATE_ATTEMPTS):
-            taken = [int(k[12:-5]) for k in self._store.list("deployments/")
-                     if k.endswith(".json") and k[12:-5].isdigit()]
+            taken = [
+                int(k[12:-5])
+                for k in self._store.list("deployments/")
+                if k.endswith(".json") and k[12:-5].isdigit()
+            ]
             new_id = str(max(taken, default=0) + 1)
             out = stamped(record, id=new_id, models=refs, configuration=config)
             try:
@@ -210,8 +225,7 @@ class Registry:
 
     def get_deployment(self, deployment_id: str) -> dict[str, Any]:
         check_name("deployment id", deployment_id)
-        return self._read(f"deployments/{deployment_id}.json",
-                          f"no deployment {deployment_id!r}")
+        return self._read(f"deployments/{deployment_id}.json", f"no deployment {deployment_id!r}")
 
     def list_deployments(self) -> list[dict[str, Any]]:
         return self._read_all("deployments/")
@@ -236,13 +250,14 @@ class Registry:
             existing = self._read(key)
             if same_content(existing, out):
                 return existing
-            raise Conflict(f"datasource {datasource_id!r} exists with other content",
-                           datasource_id=datasource_id) from None
+            raise Conflict(
+                f"datasource {datasource_id!r} exists with other content",
+                datasource_id=datasource_id,
+            ) from None
 
     def get_datasource(self, datasource_id: str) -> dict[str, Any]:
         check_name("datasource id", datasource_id)
-        return self._read(f"datasources/{datasource_id}.json",
-                          f"no datasource {datasource_id!r}")
+        return self._read(f"datasources/{datasource_id}.json", f"no datasource {datasource_id!r}")
 
     def list_datasources(self) -> list[dict[str, Any]]:
         return self._read_all("datasources/")
@@ -277,8 +292,7 @@ class Registry:
         if "status" in changes:
             check_transition(run_id, current, changes["status"])
         elif current.get("status") in ("succeeded", "failed"):
-            raise Conflict(f"run {run_id} is {current['status']} and cannot change",
-                           run_id=run_id)
+            raise Conflict(f"run {run_id} is {current['status']} and cannot change", run_id=run_id)
         changes.pop("run_id", None)
         new = {**current, **changes, "updated": now_iso()}
         new_etag = self._store.put_json(self._run_key(run_id), new, if_match=etag)
@@ -332,11 +346,11 @@ class Registry:
         except NotFound:
             return None
 
-    def remember_event(self, source: str, event_id: str, event_type: str,
-                       answer: dict[str, Any]) -> None:
+    def remember_event(
+        self, source: str, event_id: str, event_type: str, answer: dict[str, Any]
+    ) -> None:
         """Keep the answer to ``(source, id)`` so a redelivery gets it instead of a new record."""
-        record = stamped({"source": source, "id": event_id, "type": event_type,
-                          "answer": answer})
+        record = stamped({"source": source, "id": event_id, "type": event_type, "answer": answer})
         try:
             self._store.put_json(self._event_key(source, event_id), record, if_none_match=True)
         except PreconditionFailed:
@@ -372,7 +386,7 @@ class Registry:
     def _read_all(self, prefix: str) -> list[dict[str, Any]]:
         out = []
         for key in self._store.list(prefix):
-            if key.endswith(".json") and "/" not in key[len(prefix):]:
+            if key.endswith(".json") and "/" not in key[len(prefix) :]:
                 try:
                     out.append(self._read(key))
                 except NotFound:

@@ -42,8 +42,7 @@ def create_app(
         raise ValueError("KML_INFERENCE_ID is not set: an infer process serves one deployment")
     configure_logging(settings.log_level)
     metrics = InferMetrics(settings.inference_id)
-    service = InferenceService(settings, metrics, loader=loader,
-                               producer_factory=producer_factory)
+    service = InferenceService(settings, metrics, loader=loader, producer_factory=producer_factory)
     app = Flask("kml-infer")
     app.extensions["kml.infer"] = service
     install_common(app, settings, service.ready)
@@ -67,14 +66,18 @@ def create_app(
         if event.type == KAFKA_EVENT:
             return observed("kafka", lambda: json_response(handle_kafka_event(service, event)))
         if event.type == INFERENCE_REQUEST:
+
             def answer() -> Response:
                 out = predict_instances(service, event.json())
-                reply = new_event(INFERENCE_RESPONSE, f"/kml/infer/{settings.inference_id}",
-                                  out, subject=event.id)
+                reply = new_event(
+                    INFERENCE_RESPONSE, f"/kml/infer/{settings.inference_id}", out, subject=event.id
+                )
                 return event_response(reply)
+
             return observed("event", answer)
-        raise InvalidEvent(f"unknown event type {event.type!r}; infer takes {KAFKA_EVENT} "
-                           f"and {INFERENCE_REQUEST}")
+        raise InvalidEvent(
+            f"unknown event type {event.type!r}; infer takes {KAFKA_EVENT} and {INFERENCE_REQUEST}"
+        )
 
     @app.post("/v1/models/<name>:predict")
     def _kserve_predict(name: str) -> Response:
@@ -84,6 +87,7 @@ def create_app(
             if body is None:
                 raise BadRequest('the body must be JSON: {"instances": [...]}')
             return json_response(predict_instances(service, body))
+
         return observed("kserve", answer)
 
     @app.get("/v1/models/<name>")

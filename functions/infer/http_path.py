@@ -29,8 +29,9 @@ def instances_of(body: Any) -> list[Any]:
     return instances
 
 
-def to_batch(instances: list[Any], dtype: np.dtype,
-             shape: tuple[int | None, ...] = ()) -> np.ndarray:
+def to_batch(
+    instances: list[Any], dtype: np.dtype, shape: tuple[int | None, ...] = ()
+) -> np.ndarray:
     """The instances as one array ``[n, ...]``; ragged or non-numeric ones are a 422.
 
     When the instances differ in layout only (some flat, some shaped), each is laid out as
@@ -41,20 +42,24 @@ def to_batch(instances: list[Any], dtype: np.dtype,
     except (ValueError, TypeError, OverflowError):
         x = _stack_as(instances, dtype, shape)
         if x is None:
-            shapes = sorted({str(list(np.shape(i))) if _numeric(i) else "non-numeric"
-                             for i in instances})
+            shapes = sorted(
+                {str(list(np.shape(i))) if _numeric(i) else "non-numeric" for i in instances}
+            )
             raise ValidationFailed(
                 "instances are not numeric arrays of one shape",
-                [f"instances: found shapes {', '.join(shapes[:5])}; every instance must have "
-                 "the same shape and hold numbers"],
+                [
+                    f"instances: found shapes {', '.join(shapes[:5])}; every instance must have "
+                    "the same shape and hold numbers"
+                ],
             ) from None
     if x.ndim == 1:
         x = x.reshape(len(instances), 1)
     return x
 
 
-def _stack_as(instances: list[Any], dtype: np.dtype,
-              shape: tuple[int | None, ...]) -> np.ndarray | None:
+def _stack_as(
+    instances: list[Any], dtype: np.dtype, shape: tuple[int | None, ...]
+) -> np.ndarray | None:
     if not shape or None in shape:
         return None
     size = math.prod(shape)

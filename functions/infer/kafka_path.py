@@ -29,8 +29,9 @@ class Delivered(Protocol):
 
 
 class Producer(Protocol):
-    def send(self, topic: str, value: bytes, key: bytes | None,
-             headers: list[tuple[str, bytes]]) -> Delivered: ...
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Delivered: ...
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,11 @@ class InputRecord:
         return self.key if self.key not in (None, "") else self.coordinates
 
     def coordinate_headers(self) -> list[tuple[str, bytes]]:
-        return [("kml-input-topic", self.topic.encode()),
-                ("kml-input-partition", _str(self.partition).encode()),
-                ("kml-input-offset", _str(self.offset).encode())]
+        return [
+            ("kml-input-topic", self.topic.encode()),
+            ("kml-input-partition", _str(self.partition).encode()),
+            ("kml-input-offset", _str(self.offset).encode()),
+        ]
 
 
 def input_record(event: Event, default_topic: str = "") -> InputRecord:
@@ -72,13 +75,22 @@ def input_record(event: Event, default_topic: str = "") -> InputRecord:
         partition = partition if partition is not None else int(match.group(1))
         offset = offset if offset is not None else int(match.group(2))
     key = ext.get("key")
-    headers = tuple(sorted(
-        (name[len(HEADER_PREFIX):], _bytes(value))
-        for name, value in ext.items()
-        if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX)
-    ))
-    return InputRecord(event.body_bytes(), topic, partition, offset,
-                       None if key is None else str(key), headers, event.id)
+    headers = tuple(
+        sorted(
+            (name[len(HEADER_PREFIX) :], _bytes(value))
+            for name, value in ext.items()
+            if name.startswith(HEADER_PREFIX) and len(name) > len(HEADER_PREFIX)
+        )
+    )
+    return InputRecord(
+        event.body_bytes(),
+        topic,
+        partition,
+        offset,
+        None if key is None else str(key),
+        headers,
+        event.id,
+    )
 
 
 def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any]:
@@ -95,10 +107,13 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
     value = json.dumps({"values": row}, separators=(",", ":")).encode()
     headers = [*record.headers, *record.coordinate_headers()]
     spec = service.spec
-    done = service.producer().send(spec["output_topic"], value, record.output_key.encode(),
-                                   headers)
-    return {"key": record.output_key, "topic": done.topic, "partition": done.partition,
-            "offset": done.offset}
+    done = service.producer().send(spec["output_topic"], value, record.output_key.encode(), headers)
+    return {
+        "key": record.output_key,
+        "topic": done.topic,
+        "partition": done.partition,
+        "offset": done.offset,
+    }
 
 
 def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> None:
@@ -114,8 +129,9 @@ def dead_letter(service: InferenceService, record: InputRecord, error: KmlError)
         ("kml-inference-id", service.settings.inference_id.encode()),
         *record.coordinate_headers(),
     ]
-    service.producer().send(service.settings.dlq_topic, record.value,
-                            record.output_key.encode(), headers)
+    service.producer().send(
+        service.settings.dlq_topic, record.value, record.output_key.encode(), headers
+    )
 
 
 def _int(value: Any) -> int | None:

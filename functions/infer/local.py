@@ -23,10 +23,24 @@ THREADS = 16
 
 def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
     """The command serving the infer function (one inference deployment per process)."""
-    return [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
-            "--worker-class", "gthread", "--threads", str(threads), "--workers", str(workers),
-            "--timeout", "660", "--graceful-timeout", "10",
-            "functions.infer.app:create_app()"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--workers",
+        str(workers),
+        "--timeout",
+        "660",
+        "--graceful-timeout",
+        "10",
+        "functions.infer.app:create_app()",
+    ]
 
 
 def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:
@@ -49,8 +63,9 @@ def home_of(settings: Settings, inference_id: str) -> Path:
     return Path(settings.state_dir) / f"infer-{inference_id}"
 
 
-def start_local_inference(settings: Settings, inference_id: str,
-                          timeout_s: float = 300.0) -> tuple[str, int]:
+def start_local_inference(
+    settings: Settings, inference_id: str, timeout_s: float = 300.0
+) -> tuple[str, int]:
     """Serve ``inference_id`` locally (or find it running); returns its URL and PID."""
     home = home_of(settings, inference_id)
     proc = Proc("infer", home)
@@ -61,12 +76,16 @@ def start_local_inference(settings: Settings, inference_id: str,
         proc.stop()
         port = _free_port_from(settings.infer_port)
         url = f"http://127.0.0.1:{port}"
-        proc.start(gunicorn_argv(port), env=infer_env(settings, inference_id),
-                   cwd=Path(__file__).resolve().parents[2])
+        proc.start(
+            gunicorn_argv(port),
+            env=infer_env(settings, inference_id),
+            cwd=Path(__file__).resolve().parents[2],
+        )
         url_file.write_text(url)
     try:
-        proc.wait_until(lambda: readiness(url) == 200, f"inference {inference_id} to be ready",
-                        timeout_s)
+        proc.wait_until(
+            lambda: readiness(url) == 200, f"inference {inference_id} to be ready", timeout_s
+        )
     except StackError:
         proc.stop()  # never leave a process behind that did not come up
         raise
@@ -114,8 +133,10 @@ def _free_port_from(first: int, tries: int = 200) -> int:
     for port in range(first, first + tries):
         if port_is_free(port):
             return port
-    raise StackError(f"no free port in {first}..{first + tries - 1} for a local inference "
-                     "service; move the range with KML_INFER_PORT")
+    raise StackError(
+        f"no free port in {first}..{first + tries - 1} for a local inference "
+        "service; move the range with KML_INFER_PORT"
+    )
 
 
 def _read(path: Path) -> str | None:

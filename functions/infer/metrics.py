@@ -24,34 +24,50 @@ class InferMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = {"inference": inference_id or "-"}
         self.requests = Counter(
-            "kml_infer_requests", "Requests answered, by path (kafka, event, kserve) and outcome.",
-            ["path", "outcome"], registry=self.registry,
+            "kml_infer_requests",
+            "Requests answered, by path (kafka, event, kserve) and outcome.",
+            ["path", "outcome"],
+            registry=self.registry,
         )
         self.predictions = Counter(
-            "kml_infer_predictions", "Instances predicted (rows through the model).",
+            "kml_infer_predictions",
+            "Instances predicted (rows through the model).",
             registry=self.registry,
         )
         self.errors = Counter(
-            "kml_infer_errors", "Failed requests by error kind.", ["kind"], registry=self.registry,
+            "kml_infer_errors",
+            "Failed requests by error kind.",
+            ["kind"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "kml_infer_request_seconds", "Request latency by path.", ["path"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "kml_infer_request_seconds",
+            "Request latency by path.",
+            ["path"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "kml_infer_batch_size", "Rows per model call (the micro-batcher's batches).",
-            buckets=_BATCH_BUCKETS, registry=self.registry,
+            "kml_infer_batch_size",
+            "Rows per model call (the micro-batcher's batches).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.model_load_seconds = Gauge(
-            "kml_infer_model_load_seconds", "Seconds spent fetching and loading the model.",
+            "kml_infer_model_load_seconds",
+            "Seconds spent fetching and loading the model.",
             registry=self.registry,
         )
         self.model_ready = Gauge(
-            "kml_infer_model_ready", "1 once the model is loaded.", registry=self.registry,
+            "kml_infer_model_ready",
+            "1 once the model is loaded.",
+            registry=self.registry,
         )
         self.info = Gauge(
-            "kml_infer_info", "The inference deployment and model runtime this process serves.",
-            ["inference", "runtime"], registry=self.registry,
+            "kml_infer_info",
+            "The inference deployment and model runtime this process serves.",
+            ["inference", "runtime"],
+            registry=self.registry,
         )
         self._labels = labels
 

@@ -64,8 +64,11 @@ def fetch_model(registry: Any, spec: dict[str, Any], cache_dir: str) -> ModelFil
             store.download_file(key, str(partial))
             os.replace(partial, local)  # atomic: other workers never see half a file
             return ModelFile(runtime, local)
-    raise NotFound(f"run {run_id} has no model.tflite or model.keras for model {name!r}",
-                   run_id=run_id, model=name)
+    raise NotFound(
+        f"run {run_id} has no model.tflite or model.keras for model {name!r}",
+        run_id=run_id,
+        model=name,
+    )
 
 
 def load_model(file: ModelFile, num_threads: int | None = 1) -> Model:
@@ -99,7 +102,7 @@ class LiteRtModel:
 
     def predict(self, x: np.ndarray) -> Outputs:
         with self._lock:
-            parts = [self._run(x[i:i + _MAX_BUCKET]) for i in range(0, len(x), _MAX_BUCKET)]
+            parts = [self._run(x[i : i + _MAX_BUCKET]) for i in range(0, len(x), _MAX_BUCKET)]
         if len(parts) == 1:
             return parts[0]
         return [np.concatenate(outs) for outs in zip(*parts, strict=True)]
@@ -160,8 +163,10 @@ def conform(x: np.ndarray, model: Model) -> np.ndarray:
         if None in want or math.prod(got) != math.prod(want):
             raise ValidationFailed(
                 "instance shape does not fit the model",
-                [f"instances: shape {list(got)} ({math.prod(got)} values), the model takes "
-                 f"{[d if d is not None else 'any' for d in want]}"],
+                [
+                    f"instances: shape {list(got)} ({math.prod(got)} values), the model takes "
+                    f"{[d if d is not None else 'any' for d in want]}"
+                ],
             )
         x = x.reshape((x.shape[0], *want))
     if x.dtype != model.input_dtype:
@@ -170,5 +175,6 @@ def conform(x: np.ndarray, model: Model) -> np.ndarray:
 
 
 def _matches(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:
-    return len(got) == len(want) and all(w is None or g == w
-                                         for g, w in zip(got, want, strict=True))
+    return len(got) == len(want) and all(
+        w is None or g == w for g, w in zip(got, want, strict=True)
+    )

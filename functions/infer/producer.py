@@ -29,17 +29,20 @@ class Delivery:
 class DeliveringProducer:
     """``send`` blocks until the record is acknowledged (``acks=all``, idempotent)."""
 
-    def __init__(self, bootstrap: str, timeout_s: float = 30.0,
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, timeout_s: float = 30.0, config: dict[str, Any] | None = None
+    ) -> None:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
-        self._producer = Producer({
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 2,  # concurrent requests share produce requests; lone ones wait little
-            "message.timeout.ms": int(timeout_s * 1000),
-            **(config or {}),
-        })
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 2,  # concurrent requests share produce requests; lone ones wait little
+                "message.timeout.ms": int(timeout_s * 1000),
+                **(config or {}),
+            }
+        )
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kml-producer-poll", daemon=True)
         self._poller.start()
@@ -48,8 +51,9 @@ class DeliveringProducer:
     def from_settings(cls, settings: Settings) -> DeliveringProducer:
         return cls(settings.kafka_bootstrap, settings.kafka_timeout_s)
 
-    def send(self, topic: str, value: bytes, key: bytes | None,
-             headers: list[tuple[str, bytes]]) -> Delivery:
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Delivery:
         """Produce one record and wait for its delivery report; failures are 5xx (or 413)."""
         future: Future[Delivery] = Future()
 
@@ -60,18 +64,22 @@ class DeliveringProducer:
                 future.set_result(Delivery(msg.topic(), msg.partition(), msg.offset()))
 
         try:
-            self._producer.produce(topic, value=value, key=key, headers=headers,
-                                   on_delivery=on_delivery)
+            self._producer.produce(
+                topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+            )
         except BufferError:
-            raise Unavailable(f"Kafka at {self.bootstrap} is not taking records "
-                              "(local queue full)") from None
+            raise Unavailable(
+                f"Kafka at {self.bootstrap} is not taking records (local queue full)"
+            ) from None
         except KafkaException as e:
             raise _delivery_error(self.bootstrap, topic, e.args[0]) from None
         try:
             return future.result(timeout=self.timeout_s + 5)
         except FutureTimeout:
-            raise Unavailable(f"Kafka at {self.bootstrap} did not confirm a record on {topic} "
-                              f"within {self.timeout_s:g}s") from None
+            raise Unavailable(
+                f"Kafka at {self.bootstrap} did not confirm a record on {topic} "
+                f"within {self.timeout_s:g}s"
+            ) from None
 
     def _poll(self) -> None:
         while not self._closed.is_set():

@@ -39,9 +39,17 @@ def load_from_storage(settings: Settings) -> Loaded:
     registry = Registry.from_settings(settings)
     spec = registry.get_inference(settings.inference_id)
     file = fetch_model(registry, spec, settings.model_cache_dir)
-    log.info("loading model", extra={"fields": {
-        "inference": settings.inference_id, "run": spec["run_id"], "runtime": file.runtime,
-        "path": str(file.path)}})
+    log.info(
+        "loading model",
+        extra={
+            "fields": {
+                "inference": settings.inference_id,
+                "run": spec["run_id"],
+                "runtime": file.runtime,
+                "path": str(file.path),
+            }
+        },
+    )
     return Loaded(spec, load_model(file))
 
 
@@ -70,8 +78,9 @@ class InferenceService:
     # -- start-up -----------------------------------------------------------------------------
     def start(self) -> None:
         """Load the model in a background thread, retrying with backoff until it works."""
-        self._thread = threading.Thread(target=self._load_until_done, name="kml-model-load",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._load_until_done, name="kml-model-load", daemon=True
+        )
         self._thread.start()
 
     def wait_ready(self, timeout_s: float) -> bool:
@@ -89,9 +98,16 @@ class InferenceService:
             except Exception as e:  # report the kind, retry: storage may come back
                 reason = e.message if isinstance(e, KmlError) else type(e).__name__
                 self._problem = f"model not loaded: {reason}"
-                log.error("model load failed; retrying", extra={"fields": {
-                    "inference": self.settings.inference_id, "reason": reason,
-                    "retry_in_s": delay}})
+                log.error(
+                    "model load failed; retrying",
+                    extra={
+                        "fields": {
+                            "inference": self.settings.inference_id,
+                            "reason": reason,
+                            "retry_in_s": delay,
+                        }
+                    },
+                )
                 time.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -105,9 +121,17 @@ class InferenceService:
             )
             self._loaded = loaded
             self.metrics.model_loaded(loaded.model.runtime, took)
-            log.info("model ready", extra={"fields": {
-                "inference": self.settings.inference_id, "runtime": loaded.model.runtime,
-                "input_shape": loaded.model.input_shape, "load_s": round(took, 3)}})
+            log.info(
+                "model ready",
+                extra={
+                    "fields": {
+                        "inference": self.settings.inference_id,
+                        "runtime": loaded.model.runtime,
+                        "input_shape": loaded.model.input_shape,
+                        "load_s": round(took, 3),
+                    }
+                },
+            )
             return
 
     # -- serving ------------------------------------------------------------------------------

@@ -38,22 +38,32 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     validator.warm_up()
 
     routes: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
-        events.MODEL_REGISTER: (events.MODEL_REGISTERED,
-                                lambda d: handlers.register_model(registry, d)),
-        events.CONFIGURATION_CREATE: (events.CONFIGURATION_CREATED,
-                                      lambda d: handlers.create_configuration(registry, d)),
-        events.DEPLOYMENT_CREATE: (events.DEPLOYMENT_CREATED,
-                                   lambda d: handlers.create_deployment(registry, d)),
-        events.INFERENCE_CREATE: (events.INFERENCE_CREATED,
-                                  lambda d: handlers.create_inference(registry, settings, d)),
+        events.MODEL_REGISTER: (
+            events.MODEL_REGISTERED,
+            lambda d: handlers.register_model(registry, d),
+        ),
+        events.CONFIGURATION_CREATE: (
+            events.CONFIGURATION_CREATED,
+            lambda d: handlers.create_configuration(registry, d),
+        ),
+        events.DEPLOYMENT_CREATE: (
+            events.DEPLOYMENT_CREATED,
+            lambda d: handlers.create_deployment(registry, d),
+        ),
+        events.INFERENCE_CREATE: (
+            events.INFERENCE_CREATED,
+            lambda d: handlers.create_inference(registry, settings, d),
+        ),
     }
 
     @app.post("/")
     def receive():
         event = received_event(settings)
         if event.type not in routes:
-            raise InvalidEvent(f"unknown CloudEvent type {event.type!r}; register takes "
-                               f"{', '.join(routes)}", ce_type=event.type)
+            raise InvalidEvent(
+                f"unknown CloudEvent type {event.type!r}; register takes {', '.join(routes)}",
+                ce_type=event.type,
+            )
         answer_type, handle = routes[event.type]
         seen = registry.find_event(event.source, event.id)
         if seen is not None and seen.get("type") == event.type:

@@ -38,8 +38,15 @@ def create_deployment(registry: Registry, data: Any) -> dict[str, Any]:
     data = schemas.require_object(data, "kml.deployment.create")
     schemas.raise_if(schemas.check_deployment(data), "deployment")
     record = {
-        "description": "", "batch_size": 32, "epochs": 1, "shuffle": True, "seed": None,
-        "learning_rate": None, "fit_kwargs": {}, "evaluate_kwargs": {}, "configuration": None,
+        "description": "",
+        "batch_size": 32,
+        "epochs": 1,
+        "shuffle": True,
+        "seed": None,
+        "learning_rate": None,
+        "fit_kwargs": {},
+        "evaluate_kwargs": {},
+        "configuration": None,
         **data,
     }
     if record.get("id") is not None:
@@ -48,8 +55,10 @@ def create_deployment(registry: Registry, data: Any) -> dict[str, Any]:
         try:
             registry.get_configuration(record["configuration"])
         except NotFound:
-            raise ValidationFailed("unknown configuration", [
-                f"configuration: no configuration {record['configuration']!r}"]) from None
+            raise ValidationFailed(
+                "unknown configuration",
+                [f"configuration: no configuration {record['configuration']!r}"],
+            ) from None
     return registry.create_deployment(record)
 
 
@@ -60,19 +69,30 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
     run, _ = registry.get_run(data["run_id"])
     status = run.get("status")
     if status in ("claimed", "running"):
-        raise Conflict(f"run {data['run_id']} is {status}; deploy it once it has succeeded",
-                       run_id=data["run_id"], run_status=status)
+        raise Conflict(
+            f"run {data['run_id']} is {status}; deploy it once it has succeeded",
+            run_id=data["run_id"],
+            run_status=status,
+        )
     if status != "succeeded":
         reason = run.get("reason") or "no reason recorded"
-        raise ValidationFailed(f"run {data['run_id']} is {status}", [
-            f"run_id: run {data['run_id']} is {status} ({reason}); only a succeeded run "
-            "can be deployed"])
+        raise ValidationFailed(
+            f"run {data['run_id']} is {status}",
+            [
+                f"run_id: run {data['run_id']} is {status} ({reason}); only a succeeded run "
+                "can be deployed"
+            ],
+        )
     model = _pick_model(run, data.get("model"))
     input_format, input_config = _input_of(registry, run, data)
     spec = {
-        "run_id": data["run_id"], "model": model, "input_format": input_format,
-        "input_config": input_config, "input_topic": data["input_topic"],
-        "output_topic": data["output_topic"], "min_scale": data.get("min_scale", 0),
+        "run_id": data["run_id"],
+        "model": model,
+        "input_format": input_format,
+        "input_config": input_config,
+        "input_topic": data["input_topic"],
+        "output_topic": data["output_topic"],
+        "min_scale": data.get("min_scale", 0),
         "max_scale": data.get("max_scale", 5),
         "target_concurrency": data.get("target_concurrency", 10),
     }
@@ -90,22 +110,31 @@ def _pick_model(run: dict[str, Any], wanted: str | None) -> str:
     trained = run.get("models") or {}
     if wanted is None:
         if len(trained) != 1:
-            raise ValidationFailed("which model?", [
-                f"model: required, the run trained {len(trained)} models "
-                f"({', '.join(sorted(trained)) or 'none'})"])
+            raise ValidationFailed(
+                "which model?",
+                [
+                    f"model: required, the run trained {len(trained)} models "
+                    f"({', '.join(sorted(trained)) or 'none'})"
+                ],
+            )
         wanted = next(iter(trained))
     if wanted not in trained:
-        raise ValidationFailed("unknown model", [
-            f"model: the run has no model {wanted!r} (it has {', '.join(sorted(trained))})"])
+        raise ValidationFailed(
+            "unknown model",
+            [f"model: the run has no model {wanted!r} (it has {', '.join(sorted(trained))})"],
+        )
     artifacts = (trained[wanted] or {}).get("artifacts") or {}
     if not {"model.keras", "model.tflite"} & set(artifacts):
-        raise ValidationFailed("no trained artifact", [
-            f"model: {wanted!r} has neither model.keras nor model.tflite in the run"])
+        raise ValidationFailed(
+            "no trained artifact",
+            [f"model: {wanted!r} has neither model.keras nor model.tflite in the run"],
+        )
     return wanted
 
 
-def _input_of(registry: Registry, run: dict[str, Any], data: dict[str, Any]
-              ) -> tuple[str, dict[str, Any]]:
+def _input_of(
+    registry: Registry, run: dict[str, Any], data: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
     """Input format and config: the event's, else those of the stream the run trained on."""
     fmt, config = data.get("input_format"), data.get("input_config")
     if fmt is not None and config is not None:
@@ -120,6 +149,8 @@ def _input_of(registry: Registry, run: dict[str, Any], data: dict[str, Any]
     fmt = fmt or source.get("input_format")
     config = config if config is not None else source.get("input_config")
     if fmt is None or config is None:
-        raise ValidationFailed("input format unknown", [
-            "input_format / input_config: not given and the run's datasource has none"])
+        raise ValidationFailed(
+            "input format unknown",
+            ["input_format / input_config: not given and the run's datasource has none"],
+        )
     return fmt, config

@@ -38,9 +38,14 @@ class ValidatedModel:
     keras_version: str
 
     def summary(self) -> dict[str, Any]:
-        return {"keras_json": self.keras_json, "compile": self.compile,
-                "param_count": self.param_count, "input_shape": self.input_shape,
-                "output_shape": self.output_shape, "keras_version": self.keras_version}
+        return {
+            "keras_json": self.keras_json,
+            "compile": self.compile,
+            "param_count": self.param_count,
+            "input_shape": self.input_shape,
+            "output_shape": self.output_shape,
+            "keras_version": self.keras_version,
+        }
 
 
 def scan_config(config: Any, path: str = "keras_json") -> list[str]:
@@ -50,14 +55,18 @@ def scan_config(config: Any, path: str = "keras_json") -> list[str]:
         cls, module = config.get("class_name"), config.get("module")
         registered = config.get("registered_name")
         if cls in LAMBDA_CLASSES:
-            problems.append(f"{path}: {cls} layer refused: it carries Python code, which the "
-                            "server never runs; use built-in layers")
+            problems.append(
+                f"{path}: {cls} layer refused: it carries Python code, which the "
+                "server never runs; use built-in layers"
+            )
         elif module == "builtins" and cls == "function":
             if not isinstance(config.get("config"), str):
                 problems.append(f"{path}: function object refused")
         elif isinstance(module, str) and module != "keras" and not module.startswith("keras."):
-            problems.append(f"{path}: custom object {module}.{cls} refused: only built-in Keras "
-                            "objects are accepted")
+            problems.append(
+                f"{path}: custom object {module}.{cls} refused: only built-in Keras "
+                "objects are accepted"
+            )
         elif isinstance(registered, str) and ">" in registered:
             problems.append(f"{path}: custom registered object {registered!r} refused")
         for key, value in config.items():
@@ -77,8 +86,10 @@ def parse_keras_json(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     except ValueError as e:
         raise ValidationFailed("keras_json is not JSON", [f"keras_json: not JSON ({e})"]) from None
     if not isinstance(config, dict) or "class_name" not in config:
-        raise ValidationFailed("keras_json is not a Keras model config",
-                               ["keras_json: expected an object with class_name and config"])
+        raise ValidationFailed(
+            "keras_json is not a Keras model config",
+            ["keras_json: expected an object with class_name and config"],
+        )
     return value, config
 
 
@@ -96,8 +107,9 @@ def validate_definition(data: dict[str, Any]) -> tuple[ValidatedModel, bytes | N
         try:
             model = keras.saving.deserialize_keras_object(config, safe_mode=True)
         except Exception as e:  # Keras raises ValueError/TypeError/KeyError with the reason
-            raise ValidationFailed("model config does not load",
-                                   [f"keras_json: {_short(e)}"]) from None
+            raise ValidationFailed(
+                "model config does not load", [f"keras_json: {_short(e)}"]
+            ) from None
         return _summarise(keras, model, data["compile"]), None
 
 
@@ -105,11 +117,11 @@ def decode_keras_file(b64: str) -> bytes:
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise ValidationFailed("keras_b64 is not Base64",
-                               ["keras_b64: not valid Base64"]) from None
+        raise ValidationFailed("keras_b64 is not Base64", ["keras_b64: not valid Base64"]) from None
     if not zipfile.is_zipfile(io.BytesIO(raw)):
-        raise ValidationFailed("keras_b64 is not a .keras file",
-                               ["keras_b64: not a .keras (zip) archive"])
+        raise ValidationFailed(
+            "keras_b64 is not a .keras file", ["keras_b64: not a .keras (zip) archive"]
+        )
     return raw
 
 
@@ -119,8 +131,10 @@ def validate_keras_file(raw: bytes, compile_spec: dict[str, Any] | None) -> Vali
         with zipfile.ZipFile(io.BytesIO(raw)) as archive:
             config = json.loads(archive.read("config.json"))
     except (KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValidationFailed("keras_b64 has no readable config.json",
-                               [f"keras_b64: config.json missing or unreadable ({e})"]) from None
+        raise ValidationFailed(
+            "keras_b64 has no readable config.json",
+            [f"keras_b64: config.json missing or unreadable ({e})"],
+        ) from None
     problems = scan_config(config, "keras_b64.config.json")
     if compile_spec is None:
         compile_spec = _compile_from_archive(config)
@@ -136,8 +150,9 @@ def validate_keras_file(raw: bytes, compile_spec: dict[str, Any] | None) -> Vali
             try:
                 model = keras.saving.load_model(path, compile=False, safe_mode=True)
             except Exception as e:
-                raise ValidationFailed("the .keras file does not load",
-                                       [f"keras_b64: {_short(e)}"]) from None
+                raise ValidationFailed(
+                    "the .keras file does not load", [f"keras_b64: {_short(e)}"]
+                ) from None
         return _summarise(keras, model, compile_spec)
 
 
@@ -145,20 +160,29 @@ def _compile_from_archive(config: dict[str, Any]) -> dict[str, Any] | None:
     saved = config.get("compile_config")
     if not isinstance(saved, dict) or saved.get("loss") is None:
         return None
-    return {"optimizer": saved.get("optimizer", "adam"), "loss": saved["loss"],
-            "metrics": saved.get("metrics") or []}
+    return {
+        "optimizer": saved.get("optimizer", "adam"),
+        "loss": saved["loss"],
+        "metrics": saved.get("metrics") or [],
+    }
 
 
 def _summarise(keras: Any, model: Any, spec: dict[str, Any]) -> ValidatedModel:
     if not model.built or not getattr(model, "inputs", None):
-        raise ValidationFailed("model is not built",
-                               ["keras_json: the model has no input shape; start it with "
-                                "keras.Input(shape=...)"])
-    spec = {"optimizer": spec.get("optimizer", "adam"), "loss": spec["loss"],
-            "metrics": list(spec.get("metrics") or [])}
+        raise ValidationFailed(
+            "model is not built",
+            ["keras_json: the model has no input shape; start it with keras.Input(shape=...)"],
+        )
+    spec = {
+        "optimizer": spec.get("optimizer", "adam"),
+        "loss": spec["loss"],
+        "metrics": list(spec.get("metrics") or []),
+    }
     problems = []  # the getters deserialize configs in Keras' default safe mode
-    for field, getter, value in (("optimizer", keras.optimizers.get, spec["optimizer"]),
-                                 ("loss", keras.losses.get, spec["loss"])):
+    for field, getter, value in (
+        ("optimizer", keras.optimizers.get, spec["optimizer"]),
+        ("loss", keras.losses.get, spec["loss"]),
+    ):
         try:
             getter(value)
         except Exception as e:
@@ -176,8 +200,11 @@ def _summarise(keras: Any, model: Any, spec: dict[str, Any]) -> ValidatedModel:
     if problems:
         raise ValidationFailed("compile spec refused", problems)
     return ValidatedModel(
-        keras_json=model.to_json(), compile=spec, param_count=int(model.count_params()),
-        input_shape=_shapes(model.inputs), output_shape=_shapes(model.outputs),
+        keras_json=model.to_json(),
+        compile=spec,
+        param_count=int(model.count_params()),
+        input_shape=_shapes(model.inputs),
+        output_shape=_shapes(model.outputs),
         keras_version=keras.__version__,
     )
 

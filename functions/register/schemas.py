@@ -11,14 +11,41 @@ from storage.records import ModelRef, name_problem
 MODEL_FIELDS = {"name", "description", "version", "keras_json", "keras_b64", "compile"}
 COMPILE_FIELDS = {"optimizer", "loss", "metrics"}
 CONFIGURATION_FIELDS = {"name", "description", "models"}
-DEPLOYMENT_FIELDS = {"id", "description", "configuration", "models", "batch_size", "epochs",
-                     "shuffle", "seed", "learning_rate", "fit_kwargs", "evaluate_kwargs"}
-FIT_KWARGS = {"initial_epoch": 0, "validation_freq": 1, "steps_per_epoch": 1,
-              "validation_steps": 1, "class_weight": None}
+DEPLOYMENT_FIELDS = {
+    "id",
+    "description",
+    "configuration",
+    "models",
+    "batch_size",
+    "epochs",
+    "shuffle",
+    "seed",
+    "learning_rate",
+    "fit_kwargs",
+    "evaluate_kwargs",
+}
+FIT_KWARGS = {
+    "initial_epoch": 0,
+    "validation_freq": 1,
+    "steps_per_epoch": 1,
+    "validation_steps": 1,
+    "class_weight": None,
+}
 """Whitelisted ``fit`` keywords with their minimum (``class_weight``: {class: weight})."""
 EVALUATE_KWARGS = {"steps": 1}
-INFERENCE_FIELDS = {"id", "run_id", "model", "input_format", "input_config", "input_topic",
-                    "output_topic", "min_scale", "max_scale", "target_concurrency", "image"}
+INFERENCE_FIELDS = {
+    "id",
+    "run_id",
+    "model",
+    "input_format",
+    "input_config",
+    "input_topic",
+    "output_topic",
+    "min_scale",
+    "max_scale",
+    "target_concurrency",
+    "image",
+}
 INPUT_FORMATS = ("RAW", "AVRO", "JSON")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 INFERENCE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
@@ -30,8 +57,9 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int_at_least(problems: list[str], field: str, value: Any, minimum: int,
-                  maximum: int | None = None) -> None:
+def _int_at_least(
+    problems: list[str], field: str, value: Any, minimum: int, maximum: int | None = None
+) -> None:
     if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
         upper = f" and at most {maximum}" if maximum is not None else ""
         problems.append(f"{field}: {value!r} must be an integer at least {minimum}{upper}")
@@ -44,8 +72,10 @@ def _unknown(problems: list[str], data: dict[str, Any], allowed: set[str], where
 
 def require_object(data: Any, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
-        raise ValidationFailed(f"{what} data must be a JSON object",
-                               [f"data: expected an object, got {type(data).__name__}"])
+        raise ValidationFailed(
+            f"{what} data must be a JSON object",
+            [f"data: expected an object, got {type(data).__name__}"],
+        )
     return data
 
 
@@ -138,8 +168,9 @@ def check_deployment(data: dict[str, Any]) -> list[str]:
     if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
         problems.append(f"learning_rate: {lr!r} must be a positive number")
     problems.extend(_kwargs_problems("fit_kwargs", data.get("fit_kwargs"), FIT_KWARGS))
-    problems.extend(_kwargs_problems("evaluate_kwargs", data.get("evaluate_kwargs"),
-                                     EVALUATE_KWARGS))
+    problems.extend(
+        _kwargs_problems("evaluate_kwargs", data.get("evaluate_kwargs"), EVALUATE_KWARGS)
+    )
     return problems
 
 
@@ -169,8 +200,10 @@ def check_inference(data: dict[str, Any]) -> list[str]:
     if data.get("id") is not None and not (
         isinstance(data["id"], str) and INFERENCE_ID_RE.match(data["id"])
     ):
-        problems.append(f"id: {data['id']!r} must be 1-40 lower-case letters, digits or '-' "
-                        "(it names a Knative Service)")
+        problems.append(
+            f"id: {data['id']!r} must be 1-40 lower-case letters, digits or '-' "
+            "(it names a Knative Service)"
+        )
     if p := name_problem("run_id", data.get("run_id")):
         problems.append(p)
     if data.get("model") is not None and (p := name_problem("model", data["model"])):

@@ -58,12 +58,13 @@ def validate(data: dict[str, Any]) -> tuple[ValidatedModel, bytes | None]:
         kind, value = pool.submit(_in_child, data).result(timeout=TIMEOUT_S)
     except BrokenProcessPool:
         _reset(pool)
-        raise ValidationFailed("model validation crashed", [
-            "model: loading this definition crashed the validator; it cannot be used"]) from None
+        raise ValidationFailed(
+            "model validation crashed",
+            ["model: loading this definition crashed the validator; it cannot be used"],
+        ) from None
     except FutureTimeout:
         _reset(pool)
-        raise KmlError(f"model validation took longer than {TIMEOUT_S:.0f} s",
-                       status=503) from None
+        raise KmlError(f"model validation took longer than {TIMEOUT_S:.0f} s", status=503) from None
     if kind == "invalid":
         message, problems = value
         raise ValidationFailed(message, problems)

@@ -42,10 +42,14 @@ def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m functions.train",
-                                     description="Train from a CloudEvent file (JobSink).")
-    parser.add_argument("--event-file", default=os.environ.get("K_EVENT_PATH"),
-                        help="structured CloudEvent JSON (default: $K_EVENT_PATH)")
+    parser = argparse.ArgumentParser(
+        prog="python -m functions.train", description="Train from a CloudEvent file (JobSink)."
+    )
+    parser.add_argument(
+        "--event-file",
+        default=os.environ.get("K_EVENT_PATH"),
+        help="structured CloudEvent JSON (default: $K_EVENT_PATH)",
+    )
     args = parser.parse_args(argv)
     if not args.event_file:
         parser.error("--event-file or K_EVENT_PATH is required")

@@ -26,8 +26,9 @@ def convert_tflite(model: Any) -> tuple[bytes | None, str | None]:
         return None, f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
 
 
-def save_artifacts(registry: Registry, run_id: str, folder: str, result: TrainedModel
-                   ) -> dict[str, Any]:
+def save_artifacts(
+    registry: Registry, run_id: str, folder: str, result: TrainedModel
+) -> dict[str, Any]:
     """Every artifact of one model; returns ``{"artifacts": {file: key}, "metrics": ...}``."""
     store = registry.store
     artifacts: dict[str, str] = {}
@@ -51,8 +52,10 @@ def save_artifacts(registry: Registry, run_id: str, folder: str, result: Trained
     if tflite is not None:
         put("model.tflite", tflite, "application/octet-stream")
     else:
-        log.warning("tflite conversion failed", extra={"fields": {
-            "run": run_id, "model": folder, "reason": why}})
+        log.warning(
+            "tflite conversion failed",
+            extra={"fields": {"run": run_id, "model": folder, "reason": why}},
+        )
     if result.y_true is not None and result.y_pred is not None:
         matrix = plots.confusion_matrix(result.y_true, result.y_pred)
         metrics["confusion_matrix"] = matrix.tolist()
@@ -61,5 +64,8 @@ def save_artifacts(registry: Registry, run_id: str, folder: str, result: Trained
     put("history.json", json.dumps(result.history, indent=1).encode(), "application/json")
     put("metrics.json", json.dumps(metrics, indent=1).encode(), "application/json")
     summary = {k: v for k, v in metrics.items() if k != "confusion_matrix"}
-    return {"artifacts": artifacts, "metrics": summary,
-            "tflite_error": why if tflite is None else None}
+    return {
+        "artifacts": artifacts,
+        "metrics": summary,
+        "tflite_error": why if tflite is None else None,
+    }

@@ -34,12 +34,16 @@ class Dataset:
     seed: int
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "validation": len(self.validation),
-                "test": len(self.test)}
+        return {
+            "train": len(self.train),
+            "validation": len(self.validation),
+            "test": len(self.test),
+        }
 
 
-def decode(msg: ControlMessage, values: list[bytes], keys: list[bytes | None]
-           ) -> tuple[np.ndarray, np.ndarray]:
+def decode(
+    msg: ControlMessage, values: list[bytes], keys: list[bytes | None]
+) -> tuple[np.ndarray, np.ndarray]:
     """Features and labels of every record, as two arrays (one vectorised decode each)."""
     codec = codec_for(msg.input_format, msg.input_config)
     x = codec.decode_features(values)
@@ -47,8 +51,9 @@ def decode(msg: ControlMessage, values: list[bytes], keys: list[bytes | None]
     return x, y
 
 
-def split(x: np.ndarray, y: np.ndarray, validation_rate: float, test_rate: float,
-          seed: int) -> Dataset:
+def split(
+    x: np.ndarray, y: np.ndarray, validation_rate: float, test_rate: float, seed: int
+) -> Dataset:
     """Shuffle with ``seed`` (a class-sorted stream still trains well), then cut the splits."""
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
@@ -57,17 +62,28 @@ def split(x: np.ndarray, y: np.ndarray, validation_rate: float, test_rate: float
     if n - n_test - n_val < 1:
         raise UndecodableRecord(
             f"{n} records leave nothing to train on with validation_rate {validation_rate} and "
-            f"test_rate {test_rate}", 0)
+            f"test_rate {test_rate}",
+            0,
+        )
     test, val, train = np.split(order, [n_test, n_test + n_val])
     return Dataset(Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]), seed)
 
 
 def load(settings: Settings, msg: ControlMessage, seed: int) -> Dataset:
     """Read the ranges exactly once from Kafka, decode, shuffle and split."""
-    records = read_offset_ranges(settings.kafka_bootstrap, msg.ranges,
-                                 timeout_s=settings.kafka_timeout_s)
-    log.info("read training data", extra={"fields": {
-        "deployment": msg.deployment_id, "records": len(records), "ranges": records.counts}})
+    records = read_offset_ranges(
+        settings.kafka_bootstrap, msg.ranges, timeout_s=settings.kafka_timeout_s
+    )
+    log.info(
+        "read training data",
+        extra={
+            "fields": {
+                "deployment": msg.deployment_id,
+                "records": len(records),
+                "ranges": records.counts,
+            }
+        },
+    )
     if not len(records):
         raise UndecodableRecord("the offset ranges hold no data records (only markers?)", 0)
     x, y = decode(msg, records.values, records.keys)

@@ -25,37 +25,72 @@ class ResultsPublisher:
     @property
     def producer(self) -> ConfirmingProducer:
         if self._producer is None:
-            self._producer = ConfirmingProducer(self._settings.kafka_bootstrap,
-                                                self._settings.kafka_timeout_s)
+            self._producer = ConfirmingProducer(
+                self._settings.kafka_bootstrap, self._settings.kafka_timeout_s
+            )
         return self._producer
 
     def _publish(self, type_: str, run_id: str, data: dict[str, Any], wait: bool) -> None:
         event = events.new_event(type_, SOURCE, {"run_id": run_id, **data}, subject=run_id)
         self.producer.publish_event(self.topic, event, key=run_id, wait=wait)
 
-    def progress(self, run_id: str, deployment_id: str, model: str, epoch: int, epochs: int,
-                 metrics: dict[str, float]) -> None:
+    def progress(
+        self,
+        run_id: str,
+        deployment_id: str,
+        model: str,
+        epoch: int,
+        epochs: int,
+        metrics: dict[str, float],
+    ) -> None:
         """Best effort, not awaited: a slow broker never stalls training."""
         try:
-            self._publish(events.TRAINING_PROGRESS, run_id, {
-                "deployment_id": deployment_id, "model": model, "epoch": epoch,
-                "epochs": epochs, "metrics": metrics}, wait=False)
+            self._publish(
+                events.TRAINING_PROGRESS,
+                run_id,
+                {
+                    "deployment_id": deployment_id,
+                    "model": model,
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "metrics": metrics,
+                },
+                wait=False,
+            )
         except KmlError as e:
-            log.warning("progress event not published", extra={"fields": {
-                "run": run_id, "reason": e.message}})
+            log.warning(
+                "progress event not published",
+                extra={"fields": {"run": run_id, "reason": e.message}},
+            )
 
     def completed(self, run: dict[str, Any]) -> None:
-        self._publish(events.TRAINING_COMPLETED, run["run_id"], {
-            k: run.get(k) for k in ("deployment_id", "datasource_id", "status", "models",
-                                    "records", "seed")}, wait=True)
+        self._publish(
+            events.TRAINING_COMPLETED,
+            run["run_id"],
+            {
+                k: run.get(k)
+                for k in ("deployment_id", "datasource_id", "status", "models", "records", "seed")
+            },
+            wait=True,
+        )
 
     def failed(self, run_id: str, deployment_id: str, error: KmlError) -> None:
         """Awaited, but a failure to publish is only logged (the run record keeps the reason)."""
         try:
-            self._publish(events.TRAINING_FAILED, run_id, {
-                "deployment_id": deployment_id, "status": "failed", "reason": error.message,
-                "error_status": error.status, "permanent": not error.retryable,
-                "problems": getattr(error, "problems", [])}, wait=True)
+            self._publish(
+                events.TRAINING_FAILED,
+                run_id,
+                {
+                    "deployment_id": deployment_id,
+                    "status": "failed",
+                    "reason": error.message,
+                    "error_status": error.status,
+                    "permanent": not error.retryable,
+                    "problems": getattr(error, "problems", []),
+                },
+                wait=True,
+            )
         except KmlError as e:
-            log.warning("failed event not published", extra={"fields": {
-                "run": run_id, "reason": e.message}})
+            log.warning(
+                "failed event not published", extra={"fields": {"run": run_id, "reason": e.message}}
+            )

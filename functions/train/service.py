@@ -59,15 +59,18 @@ def control_message_from_event(event: events.Event) -> ControlMessage:
     if event.type == events.TRAINING_REQUEST:
         data = event.json()
         if not isinstance(data, dict):
-            raise InvalidControlMessage("invalid training request",
-                                        ["data: expected a JSON object"])
+            raise InvalidControlMessage(
+                "invalid training request", ["data: expected a JSON object"]
+            )
         deployment = data.get("deployment_id", "")
         if isinstance(deployment, int) and not isinstance(deployment, bool):
             deployment = str(deployment)
         body = {k: v for k, v in data.items() if k != "deployment_id"}
         return parse_control_message(json.dumps(body).encode(), None, deployment_id=deployment)
-    raise InvalidEvent(f"the train function takes {events.KAFKA_EVENT} and "
-                       f"{events.TRAINING_REQUEST} events, not {event.type!r}")
+    raise InvalidEvent(
+        f"the train function takes {events.KAFKA_EVENT} and "
+        f"{events.TRAINING_REQUEST} events, not {event.type!r}"
+    )
 
 
 @dataclass
@@ -93,8 +96,12 @@ class Trainer:
                 f"estimated training time {estimate:.0f}s (+{reserve:g}s for data and "
                 f"artifacts) exceeds the {limit:g}s HTTP "
                 "request timeout; send this event to the train JobSink (batch mode) instead",
-                [f"work: {msg.record_count} records x {deployment.get('epochs') or 1} epochs x "
-                 f"{len(models)} models"], estimate_s=round(estimate, 1))
+                [
+                    f"work: {msg.record_count} records x {deployment.get('epochs') or 1} epochs x "
+                    f"{len(models)} models"
+                ],
+                estimate_s=round(estimate, 1),
+            )
         if not self._lock.acquire(blocking=not http):
             raise TrainerBusy("the train function is busy with another run; retry later")
         try:
@@ -102,8 +109,9 @@ class Trainer:
         finally:
             self._lock.release()
 
-    def estimate_seconds(self, msg: ControlMessage, deployment: dict[str, Any], n_models: int
-                         ) -> float:
+    def estimate_seconds(
+        self, msg: ControlMessage, deployment: dict[str, Any], n_models: int
+    ) -> float:
         epochs = int(deployment.get("epochs") or 1)
         return msg.record_count * epochs * n_models * self.settings.train_record_epoch_budget_s
 
@@ -112,30 +120,39 @@ class Trainer:
         try:
             return self.registry.get_deployment(deployment_id)
         except (NotFound, ValidationFailed):
-            raise UnknownDeployment(f"unknown deployment {deployment_id!r}",
-                                    [f"deployment_id: no deployment {deployment_id!r}"],
-                                    deployment_id=deployment_id) from None
+            raise UnknownDeployment(
+                f"unknown deployment {deployment_id!r}",
+                [f"deployment_id: no deployment {deployment_id!r}"],
+                deployment_id=deployment_id,
+            ) from None
 
     def _models(self, deployment: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             models = self.registry.resolve_models(deployment)
         except NotFound as e:
-            raise UnknownDeployment(f"deployment {deployment.get('id')}: {e.message}",
-                                    [e.message]) from None
+            raise UnknownDeployment(
+                f"deployment {deployment.get('id')}: {e.message}", [e.message]
+            ) from None
         if not models:
             raise UnknownDeployment(f"deployment {deployment.get('id')} has no models")
         return models
 
     # -- the run ------------------------------------------------------------------------------
-    def _claim(self, msg: ControlMessage, estimate: float, http: bool
-               ) -> tuple[dict[str, Any] | None, str]:
+    def _claim(
+        self, msg: ControlMessage, estimate: float, http: bool
+    ) -> tuple[dict[str, Any] | None, str]:
         """``(None, etag)`` when this call owns the run; ``(record, "")`` when it succeeded."""
         run_id = msg.run_id()
         lease = self.settings.request_timeout_s + (0 if http else 3 * estimate)
         fields = {"lease_expires": time.time() + lease, "mode": "http" if http else "batch"}
-        initial = {"deployment_id": msg.deployment_id, "datasource_id": msg.stream_id(),
-                   "ranges": [str(r) for r in msg.ranges], "records": msg.record_count,
-                   "attempt": 1, **fields}
+        initial = {
+            "deployment_id": msg.deployment_id,
+            "datasource_id": msg.stream_id(),
+            "ranges": [str(r) for r in msg.ranges],
+            "records": msg.record_count,
+            "attempt": 1,
+            **fields,
+        }
         record, created = self.registry.claim_run(run_id, initial)
         record, etag = self.registry.get_run(run_id)
         if created:
@@ -146,38 +163,71 @@ class Trainer:
         if status in ("claimed", "running") and time.time() < record.get("lease_expires", 0):
             raise Conflict(f"run {run_id} is {status}; retry later", run_id=run_id)
         if status == "failed" and record.get("permanent", True):
-            raise RunFailed(record.get("reason") or f"run {run_id} failed",
-                            status=int(record.get("error_status") or 422), run_id=run_id,
-                            problems=record.get("problems") or [])
+            raise RunFailed(
+                record.get("reason") or f"run {run_id} failed",
+                status=int(record.get("error_status") or 422),
+                run_id=run_id,
+                problems=record.get("problems") or [],
+            )
         try:  # a transient failure or an abandoned run (lease expired): take it over
-            _, etag = self.registry.update_run(run_id, etag, status="claimed", reason=None,
-                                               attempt=int(record.get("attempt", 1)) + 1, **fields)
+            _, etag = self.registry.update_run(
+                run_id,
+                etag,
+                status="claimed",
+                reason=None,
+                attempt=int(record.get("attempt", 1)) + 1,
+                **fields,
+            )
         except PreconditionFailed:
-            raise Conflict(f"run {run_id} was taken over by another delivery; retry later",
-                           run_id=run_id) from None
+            raise Conflict(
+                f"run {run_id} was taken over by another delivery; retry later", run_id=run_id
+            ) from None
         return None, etag
 
-    def _run(self, msg: ControlMessage, deployment: dict[str, Any], models: list[dict[str, Any]],
-             estimate: float, http: bool) -> dict[str, Any]:
+    def _run(
+        self,
+        msg: ControlMessage,
+        deployment: dict[str, Any],
+        models: list[dict[str, Any]],
+        estimate: float,
+        http: bool,
+    ) -> dict[str, Any]:
         run_id = msg.run_id()
         done, etag = self._claim(msg, estimate, http)
         if done is not None:
             log.info("run already succeeded", extra={"fields": {"run": run_id}})
             return done
         context = {"run": run_id, "deployment": msg.deployment_id}
-        log.info("training", extra={"fields": {**context, "records": msg.record_count,
-                                               "models": len(models), "estimate_s": estimate}})
+        log.info(
+            "training",
+            extra={
+                "fields": {
+                    **context,
+                    "records": msg.record_count,
+                    "models": len(models),
+                    "estimate_s": estimate,
+                }
+            },
+        )
         try:
-            self.registry.put_datasource(msg.stream_id(), {
-                "control_message": msg.body(), "ranges": [str(r) for r in msg.ranges]})
+            self.registry.put_datasource(
+                msg.stream_id(),
+                {"control_message": msg.body(), "ranges": [str(r) for r in msg.ranges]},
+            )
             seed = deployment.get("seed")
             if seed is None:
                 seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 2**31
             _, etag = self.registry.update_run(run_id, etag, status="running", seed=int(seed))
             data = dataset.load(self.settings, msg, int(seed))
             results = self._train_all(run_id, msg, deployment, models, data)
-            record, _ = self.registry.update_run(run_id, etag, status="succeeded", models=results,
-                                                 splits=data.sizes(), permanent=False)
+            record, _ = self.registry.update_run(
+                run_id,
+                etag,
+                status="succeeded",
+                models=results,
+                splits=data.sizes(),
+                permanent=False,
+            )
         except KmlError as e:
             self._fail(run_id, msg, e)
             raise
@@ -190,12 +240,19 @@ class Trainer:
         try:
             self.publisher.completed(record)
         except KmlError as e:  # the run and artifacts are durable; only the notice is lost
-            log.warning("completed event not published",
-                        extra={"fields": {**context, "reason": e.message}})
+            log.warning(
+                "completed event not published", extra={"fields": {**context, "reason": e.message}}
+            )
         return record
 
-    def _train_all(self, run_id: str, msg: ControlMessage, deployment: dict[str, Any],
-                   models: list[dict[str, Any]], data: dataset.Dataset) -> dict[str, Any]:
+    def _train_all(
+        self,
+        run_id: str,
+        msg: ControlMessage,
+        deployment: dict[str, Any],
+        models: list[dict[str, Any]],
+        data: dataset.Dataset,
+    ) -> dict[str, Any]:
         names = [m.get("name", "model") for m in models]
         epochs = int(deployment.get("epochs") or 1)
         results: dict[str, Any] = {}
@@ -205,8 +262,9 @@ class Trainer:
             def on_epoch(epoch: int, metrics: dict[str, float], folder: str = folder) -> None:
                 self.publisher.progress(run_id, msg.deployment_id, folder, epoch, epochs, metrics)
 
-            trained = train_model(record, deployment, data, on_epoch,
-                                  self.registry.store.download_file)
+            trained = train_model(
+                record, deployment, data, on_epoch, self.registry.store.download_file
+            )
             saved = save_artifacts(self.registry, run_id, folder, trained)
             results[folder] = {"model": f"{name}@{record.get('version')}", **saved}
         return results
@@ -217,10 +275,17 @@ class Trainer:
         try:
             current, etag = self.registry.get_run(run_id)
             if current.get("status") not in ("succeeded", "failed"):
-                self.registry.update_run(run_id, etag, status="failed", reason=error.message,
-                                         error_status=error.status, permanent=permanent,
-                                         problems=getattr(error, "problems", []))
+                self.registry.update_run(
+                    run_id,
+                    etag,
+                    status="failed",
+                    reason=error.message,
+                    error_status=error.status,
+                    permanent=permanent,
+                    problems=getattr(error, "problems", []),
+                )
         except KmlError as e:  # storage down: the lease lets a later delivery take over
-            log.warning("run not marked failed", extra={"fields": {
-                "run": run_id, "reason": e.message}})
+            log.warning(
+                "run not marked failed", extra={"fields": {"run": run_id, "reason": e.message}}
+            )
         self.publisher.failed(run_id, msg.deployment_id, error)

@@ -20,8 +20,13 @@ import numpy as np
 from functions.train.dataset import Dataset
 from kafkaml.errors import KmlError, ValidationFailed
 
-FIT_KWARGS = {"class_weight", "initial_epoch", "validation_freq", "steps_per_epoch",
-              "validation_steps"}
+FIT_KWARGS = {
+    "class_weight",
+    "initial_epoch",
+    "validation_freq",
+    "steps_per_epoch",
+    "validation_steps",
+}
 EVALUATE_KWARGS = {"steps"}
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -66,8 +71,9 @@ def build_model(record: dict[str, Any], load_file: Callable[[str, str], None]) -
     except KmlError:
         raise
     except Exception as e:  # Keras raises many types for an unusable config
-        raise ModelFailed(f"model {name}: cannot be built: {_short(e)}",
-                          [f"model {name}: {_short(e)}"]) from None
+        raise ModelFailed(
+            f"model {name}: cannot be built: {_short(e)}", [f"model {name}: {_short(e)}"]
+        ) from None
 
 
 def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: float | None) -> None:
@@ -85,8 +91,10 @@ def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: fl
         metrics = list(spec.get("metrics") or [])
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     except Exception as e:
-        raise ModelFailed(f"model {name}: compile spec rejected: {_short(e)}",
-                          [f"model {name}.compile: {_short(e)}"]) from None
+        raise ModelFailed(
+            f"model {name}: compile spec rejected: {_short(e)}",
+            [f"model {name}.compile: {_short(e)}"],
+        ) from None
 
 
 def is_classification(spec: dict[str, Any]) -> bool:
@@ -103,18 +111,26 @@ def _classes(values: np.ndarray, probabilities: bool) -> np.ndarray:
     return (flat > 0.5).astype(np.int64) if probabilities else np.rint(flat).astype(np.int64)
 
 
-def _allowed(kwargs: dict[str, Any] | None, allowed: set[str], what: str, name: str
-             ) -> dict[str, Any]:
+def _allowed(
+    kwargs: dict[str, Any] | None, allowed: set[str], what: str, name: str
+) -> dict[str, Any]:
     kwargs = dict(kwargs or {})
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
-        raise ModelFailed(f"model {name}: {what} {unknown} are not allowed",
-                          [f"{what}: {k} is not one of {sorted(allowed)}" for k in unknown])
+        raise ModelFailed(
+            f"model {name}: {what} {unknown} are not allowed",
+            [f"{what}: {k} is not one of {sorted(allowed)}" for k in unknown],
+        )
     return kwargs
 
 
-def train_model(record: dict[str, Any], deployment: dict[str, Any], data: Dataset,
-                on_epoch: EpochCallback, load_file: Callable[[str, str], None]) -> TrainedModel:
+def train_model(
+    record: dict[str, Any],
+    deployment: dict[str, Any],
+    data: Dataset,
+    on_epoch: EpochCallback,
+    load_file: Callable[[str, str], None],
+) -> TrainedModel:
     """Fit one model on ``data`` and evaluate it on the test split (or validation if no test)."""
     import keras
 
@@ -124,8 +140,9 @@ def train_model(record: dict[str, Any], deployment: dict[str, Any], data: Datase
     spec = record.get("compile") or {}
     compile_model(model, name, spec, deployment.get("learning_rate"))
     fit_kwargs = _allowed(deployment.get("fit_kwargs"), FIT_KWARGS, "fit_kwargs", name)
-    eval_kwargs = _allowed(deployment.get("evaluate_kwargs"), EVALUATE_KWARGS,
-                           "evaluate_kwargs", name)
+    eval_kwargs = _allowed(
+        deployment.get("evaluate_kwargs"), EVALUATE_KWARGS, "evaluate_kwargs", name
+    )
     batch_size = int(deployment.get("batch_size") or 32)
     epochs = int(deployment.get("epochs") or 1)
 
@@ -139,30 +156,43 @@ def train_model(record: dict[str, Any], deployment: dict[str, Any], data: Datase
         validation = (data.validation.x.astype(np.float32, copy=False), data.validation.y)
     started = time.monotonic()
     try:
-        history = model.fit(x_train, data.train.y, batch_size=batch_size, epochs=epochs,
-                            shuffle=bool(deployment.get("shuffle", True)),
-                            validation_data=validation, callbacks=[Progress()], verbose=0,
-                            **fit_kwargs)
+        history = model.fit(
+            x_train,
+            data.train.y,
+            batch_size=batch_size,
+            epochs=epochs,
+            shuffle=bool(deployment.get("shuffle", True)),
+            validation_data=validation,
+            callbacks=[Progress()],
+            verbose=0,
+            **fit_kwargs,
+        )
     except (ValueError, TypeError) as e:  # shapes or dtypes that do not fit the model
-        raise ModelFailed(f"model {name}: fit failed on this data: {_short(e)}",
-                          [f"model {name}: {_short(e)}"]) from None
+        raise ModelFailed(
+            f"model {name}: fit failed on this data: {_short(e)}", [f"model {name}: {_short(e)}"]
+        ) from None
     fit_s = time.monotonic() - started
     hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     metrics: dict[str, Any] = {
         "train": {k: vs[-1] for k, vs in hist.items() if not k.startswith("val_") and vs},
         "validation": {k[4:]: vs[-1] for k, vs in hist.items() if k.startswith("val_") and vs},
-        "records": data.sizes(), "epochs": epochs, "batch_size": batch_size,
-        "seed": data.seed, "fit_seconds": round(fit_s, 3),
+        "records": data.sizes(),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "seed": data.seed,
+        "fit_seconds": round(fit_s, 3),
     }
     held_out = data.test if len(data.test) else data.validation
     classification = is_classification(spec)
     result = TrainedModel(name, model, hist, metrics, classification)
     if len(held_out):
         x_held = held_out.x.astype(np.float32, copy=False)
-        scores = model.evaluate(x_held, held_out.y, batch_size=batch_size, verbose=0,
-                                return_dict=True, **eval_kwargs)
+        scores = model.evaluate(
+            x_held, held_out.y, batch_size=batch_size, verbose=0, return_dict=True, **eval_kwargs
+        )
         metrics["test" if len(data.test) else "evaluated_on_validation"] = {
-            k: float(v) for k, v in scores.items()}
+            k: float(v) for k, v in scores.items()
+        }
         if classification:
             predicted = model.predict(x_held, batch_size=max(batch_size, 256), verbose=0)
             result.y_true = _classes(held_out.y, probabilities=False)

@@ -10,8 +10,10 @@ from rich.table import Table
 from kafkaml.commands.common import console, friendly_errors, load_settings
 from kafkaml.dev.stack import Stack
 
-app = typer.Typer(help="The embedded local stack: Kafka, MinIO, the functions and the bridge.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="The embedded local stack: Kafka, MinIO, the functions and the bridge.",
+    no_args_is_help=True,
+)
 
 StateDir = typer.Option(None, "--state-dir", help="Where data, logs and PIDs live (KML_STATE_DIR).")
 
@@ -24,12 +26,16 @@ def up(state_dir: str | None = StateDir) -> None:
         started = time.monotonic()
 
         def report(part) -> None:
-            console.print(f"[green]up[/]   {part.name:<10} {part.address:<28} "
-                          f"pid {part.proc.pid()}  ({time.monotonic() - started:.1f}s)")
+            console.print(
+                f"[green]up[/]   {part.name:<10} {part.address:<28} "
+                f"pid {part.proc.pid()}  ({time.monotonic() - started:.1f}s)"
+            )
 
         Stack(settings).up(on_started=report)
-        console.print(f"stack ready in {time.monotonic() - started:.1f}s; "
-                      f"state in {settings.state_dir}/ (kml dev down stops it)")
+        console.print(
+            f"stack ready in {time.monotonic() - started:.1f}s; "
+            f"state in {settings.state_dir}/ (kml dev down stops it)"
+        )
 
 
 @app.command()
@@ -41,8 +47,10 @@ def down(
     with friendly_errors():
         settings = load_settings(state_dir)
         stopped = Stack(settings).down(purge=purge)
-        console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}"
-                      + (f"; removed {settings.state_dir}/" if purge else ""))
+        console.print(
+            f"stopped: {', '.join(stopped) or 'nothing was running'}"
+            + (f"; removed {settings.state_dir}/" if purge else "")
+        )
 
 
 @app.command()
@@ -53,8 +61,9 @@ def status(state_dir: str | None = StateDir) -> None:
         all_ok = True
         for s in Stack(load_settings(state_dir)).status():
             all_ok &= s.healthy
-            table.add_row(s.name, s.address, str(s.pid or "-"),
-                          "[green]yes[/]" if s.healthy else "[red]no[/]")
+            table.add_row(
+                s.name, s.address, str(s.pid or "-"), "[green]yes[/]" if s.healthy else "[red]no[/]"
+            )
         console.print(table)
         if not all_ok:
             raise typer.Exit(1)

@@ -18,8 +18,9 @@ from kafkaml.settings import Settings
 deploy_app = typer.Typer(help="Deploy a trained model for inference.", no_args_is_help=True)
 
 StateDir = typer.Option(None, "--state-dir", help="Local stack state (KML_STATE_DIR).")
-DataFile = typer.Option(None, "--data", help='A JSON file: {"instances": [...]} or a bare '
-                        "list of instances.")
+DataFile = typer.Option(
+    None, "--data", help='A JSON file: {"instances": [...]} or a bare list of instances.'
+)
 
 
 class KubectlFailed(KmlError):
@@ -30,8 +31,11 @@ class KubectlFailed(KmlError):
 def deploy_inference(
     inference_id: str = typer.Argument(..., help="The inference deployment's id."),
     apply: bool = typer.Option(False, "--apply", help="Pipe the YAML to `kubectl apply -f -`."),
-    local: bool = typer.Option(False, "--local", help="Serve it as a local process instead, "
-                               "wired to the local stack's KafkaSource bridge."),
+    local: bool = typer.Option(
+        False,
+        "--local",
+        help="Serve it as a local process instead, wired to the local stack's KafkaSource bridge.",
+    ),
     state_dir: str | None = StateDir,
 ) -> None:
     """Print the deployment's Knative Service and KafkaSource YAML, apply it, or run it locally."""
@@ -41,8 +45,10 @@ def deploy_inference(
             from functions.infer.local import start_local_inference
 
             url, pid = start_local_inference(settings, inference_id)
-            console.print(f"inference {inference_id} serving at {url} (pid {pid}); "
-                          f"kml predict {inference_id} --instances '[...]' calls it")
+            console.print(
+                f"inference {inference_id} serving at {url} (pid {pid}); "
+                f"kml predict {inference_id} --instances '[...]' calls it"
+            )
             return
         yaml_text = manifests_yaml(settings, inference_id)
         if apply:
@@ -70,13 +76,18 @@ def kubectl_apply(yaml_text: str, kubectl: str = "kubectl") -> str:
     """``kubectl apply -f -`` with the YAML on stdin; its output, or an error naming the cause."""
     exe = shutil.which(kubectl)
     if exe is None:
-        raise KubectlFailed(f"{kubectl} is not on PATH: install it (and point it at your "
-                            "cluster), or run without --apply and apply the printed YAML yourself")
-    done = subprocess.run([exe, "apply", "-f", "-"], input=yaml_text, text=True,
-                          capture_output=True, timeout=120)
+        raise KubectlFailed(
+            f"{kubectl} is not on PATH: install it (and point it at your "
+            "cluster), or run without --apply and apply the printed YAML yourself"
+        )
+    done = subprocess.run(
+        [exe, "apply", "-f", "-"], input=yaml_text, text=True, capture_output=True, timeout=120
+    )
     if done.returncode != 0:
-        raise KubectlFailed(f"kubectl apply failed (exit {done.returncode}): "
-                            f"{done.stderr.strip() or done.stdout.strip()}")
+        raise KubectlFailed(
+            f"kubectl apply failed (exit {done.returncode}): "
+            f"{done.stderr.strip() or done.stdout.strip()}"
+        )
     return done.stdout.strip()
 
 
@@ -84,10 +95,17 @@ def predict(
     inference_id: str = typer.Argument(..., help="The inference deployment's id."),
     data: Path | None = DataFile,
     instances: str | None = typer.Option(None, "--instances", help="The instances as JSON."),
-    url: str | None = typer.Option(None, "--url", help="The service's URL (default: the local "
-                                   "process started by `kml deploy inference --local`)."),
-    event: bool = typer.Option(False, "--event", help="Send a kml.inference.request "
-                               "CloudEvent instead of a KServe V1 request."),
+    url: str | None = typer.Option(
+        None,
+        "--url",
+        help="The service's URL (default: the local "
+        "process started by `kml deploy inference --local`).",
+    ),
+    event: bool = typer.Option(
+        False,
+        "--event",
+        help="Send a kml.inference.request CloudEvent instead of a KServe V1 request.",
+    ),
     state_dir: str | None = StateDir,
 ) -> None:
     """Predict over HTTP and print the predictions as JSON."""
@@ -119,20 +137,27 @@ def local_url(settings: Settings, inference_id: str) -> str:
     try:
         return (home_of(settings, inference_id) / "url").read_text().strip()
     except FileNotFoundError:
-        raise NotFound(f"inference {inference_id} is not running locally: start it with "
-                       f"`kml deploy inference {inference_id} --local` or pass --url") from None
+        raise NotFound(
+            f"inference {inference_id} is not running locally: start it with "
+            f"`kml deploy inference {inference_id} --local` or pass --url"
+        ) from None
 
 
-def call_predict(url: str, inference_id: str, body: dict[str, Any],
-                 event: bool = False, timeout_s: float = 60.0) -> dict[str, Any]:
+def call_predict(
+    url: str, inference_id: str, body: dict[str, Any], event: bool = False, timeout_s: float = 60.0
+) -> dict[str, Any]:
     """POST to the infer function (KServe V1, or a CloudEvent); the answer's JSON."""
     import requests
 
     if event:
         target = url.rstrip("/") + "/"
-        headers = {"ce-specversion": "1.0", "ce-type": "kml.inference.request",
-                   "ce-source": "/kml/cli", "ce-id": str(uuid.uuid4()),
-                   "content-type": "application/json"}
+        headers = {
+            "ce-specversion": "1.0",
+            "ce-type": "kml.inference.request",
+            "ce-source": "/kml/cli",
+            "ce-id": str(uuid.uuid4()),
+            "content-type": "application/json",
+        }
     else:
         target = f"{url.rstrip('/')}/v1/models/{inference_id}:predict"
         headers = {"content-type": "application/json"}
@@ -145,7 +170,9 @@ def call_predict(url: str, inference_id: str, body: dict[str, Any],
     except ValueError:
         answer = {"error": r.text[:200]}
     if r.status_code >= 400:
-        raise KmlError(f"{answer.get('error', 'request failed')}"
-                       + (f": {'; '.join(answer['problems'])}" if answer.get("problems") else ""),
-                       status=r.status_code)
+        raise KmlError(
+            f"{answer.get('error', 'request failed')}"
+            + (f": {'; '.join(answer['problems'])}" if answer.get("problems") else ""),
+            status=r.status_code,
+        )
     return answer

@@ -23,19 +23,27 @@ from kafkaml.commands.common import console, err_console, friendly_errors, load_
 from kafkaml.errors import BadRequest, ValidationFailed
 
 models_app = typer.Typer(help="Step A: register and inspect models.", no_args_is_help=True)
-configurations_app = typer.Typer(help="Step B: group models trained together.",
-                                 no_args_is_help=True)
-deployments_app = typer.Typer(help="Step C: deploy a configuration for training.",
-                              no_args_is_help=True)
-inference_app = typer.Typer(help="Step E: define an inference deployment of a trained model.",
-                            no_args_is_help=True)
+configurations_app = typer.Typer(
+    help="Step B: group models trained together.", no_args_is_help=True
+)
+deployments_app = typer.Typer(
+    help="Step C: deploy a configuration for training.", no_args_is_help=True
+)
+inference_app = typer.Typer(
+    help="Step E: define an inference deployment of a trained model.", no_args_is_help=True
+)
 
-ModelFile = typer.Argument(..., exists=True, dir_okay=False,
-                           help="FILE.json (event data or a bare model.to_json()), FILE.keras, "
-                                "or with --from-python a FILE.py")
+ModelFile = typer.Argument(
+    ...,
+    exists=True,
+    dir_okay=False,
+    help="FILE.json (event data or a bare model.to_json()), FILE.keras, "
+    "or with --from-python a FILE.py",
+)
 ModelRefs = typer.Argument(..., help="Model refs: name or name@version.")
-ModelOption = typer.Option(None, "--model", "-m",
-                           help="A model ref instead of a configuration (repeat for several).")
+ModelOption = typer.Option(
+    None, "--model", "-m", help="A model ref instead of a configuration (repeat for several)."
+)
 
 
 @contextmanager
@@ -73,14 +81,17 @@ def _print_record(title: str, record: dict[str, Any], skip: tuple[str, ...] = ()
 @models_app.command("register")
 def models_register(
     file: Path = ModelFile,
-    from_python: bool = typer.Option(False, "--from-python",
-                                     help="Run FILE.py locally: build_model() and COMPILE."),
+    from_python: bool = typer.Option(
+        False, "--from-python", help="Run FILE.py locally: build_model() and COMPILE."
+    ),
     name: str | None = typer.Option(None, "--name", help="Model name (default: from the file)."),
     description: str | None = typer.Option(None, "--description"),
     version: int | None = typer.Option(None, "--version", help="Pin this version (409 if taken)."),
-    compile_json: str | None = typer.Option(None, "--compile",
-                                            help='Compile spec JSON, e.g. \'{"optimizer": "adam", '
-                                                 '"loss": "mse", "metrics": ["mae"]}\''),
+    compile_json: str | None = typer.Option(
+        None,
+        "--compile",
+        help='Compile spec JSON, e.g. \'{"optimizer": "adam", "loss": "mse", "metrics": ["mae"]}\'',
+    ),
 ) -> None:
     """Register a model; the answer names its version."""
     with _talking():
@@ -97,9 +108,11 @@ def models_register(
         if compile_json is not None:
             data["compile"] = _json_option("--compile", compile_json)
         record = _client().register_model(data)
-        console.print(f"registered [bold]{record['name']}[/] version {record['version']} "
-                      f"({record['param_count']} parameters, input {_shape(record['input_shape'])},"
-                      f" output {_shape(record['output_shape'])})")
+        console.print(
+            f"registered [bold]{record['name']}[/] version {record['version']} "
+            f"({record['param_count']} parameters, input {_shape(record['input_shape'])},"
+            f" output {_shape(record['output_shape'])})"
+        )
 
 
 def definition_from_json(path: Path) -> dict[str, Any]:
@@ -141,9 +154,15 @@ def models_list() -> None:
     with _talking():
         table = Table("name", "latest", "versions", "params", "input", "output", "created")
         for m in _client().get("/models"):
-            table.add_row(m["name"], str(m["version"]), ",".join(map(str, m["versions"])),
-                          str(m.get("param_count", "-")), _shape(m.get("input_shape")),
-                          _shape(m.get("output_shape")), m.get("created", ""))
+            table.add_row(
+                m["name"],
+                str(m["version"]),
+                ",".join(map(str, m["versions"])),
+                str(m.get("param_count", "-")),
+                _shape(m.get("input_shape")),
+                _shape(m.get("output_shape")),
+                m.get("created", ""),
+            )
         console.print(table)
 
 
@@ -153,20 +172,23 @@ def models_show(name: str, version: int | None = typer.Option(None, "--version")
     with _talking():
         path = f"/models/{name}" + (f"/{version}" if version else "")
         record = _client().get(path)
-        _print_record(f"{record['name']}@{record['version']}", record,
-                      skip=("keras_json", "schema_version"))
+        _print_record(
+            f"{record['name']}@{record['version']}", record, skip=("keras_json", "schema_version")
+        )
         layers = Table("layer", "class", title="layers")
         config = json.loads(record.get("keras_json") or "{}").get("config") or {}
         for layer in config.get("layers") or []:
-            layers.add_row(str((layer.get("config") or {}).get("name", "")),
-                           str(layer.get("class_name", "")))
+            layers.add_row(
+                str((layer.get("config") or {}).get("name", "")), str(layer.get("class_name", ""))
+            )
         console.print(layers)
 
 
 # -- configurations -----------------------------------------------------------------------------
 @configurations_app.command("create")
 def configurations_create(
-    name: str, models: list[str] = ModelRefs,
+    name: str,
+    models: list[str] = ModelRefs,
     description: str = typer.Option("", "--description"),
 ) -> None:
     """Group models trained together on one stream (versions are pinned now)."""
@@ -180,8 +202,9 @@ def configurations_list() -> None:
     with _talking():
         table = Table("name", "models", "description", "created")
         for c in _client().get("/configurations"):
-            table.add_row(c["name"], ", ".join(c["models"]), c.get("description", ""),
-                          c.get("created", ""))
+            table.add_row(
+                c["name"], ", ".join(c["models"]), c.get("description", ""), c.get("created", "")
+            )
         console.print(table)
 
 
@@ -201,24 +224,34 @@ def deployments_create(
     shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle"),
     seed: int | None = typer.Option(None, "--seed"),
     learning_rate: float | None = typer.Option(None, "--learning-rate"),
-    deployment_id: str | None = typer.Option(None, "--id",
-                                             help="Choose the id (e.g. 7: Kafka-ML's one-byte "
-                                                  "keys address it)."),
-    fit_kwargs: str | None = typer.Option(None, "--fit-kwargs", help='JSON, e.g. '
-                                          '\'{"validation_freq": 2}\''),
+    deployment_id: str | None = typer.Option(
+        None, "--id", help="Choose the id (e.g. 7: Kafka-ML's one-byte keys address it)."
+    ),
+    fit_kwargs: str | None = typer.Option(
+        None, "--fit-kwargs", help="JSON, e.g. '{\"validation_freq\": 2}'"
+    ),
     evaluate_kwargs: str | None = typer.Option(None, "--evaluate-kwargs"),
     description: str | None = typer.Option(None, "--description"),
 ) -> None:
     """Deploy a configuration (or models) for training; prints the deployment id."""
     with _talking():
         record = _client().create_deployment(
-            id=deployment_id, configuration=configuration, models=model or None, epochs=epochs,
-            batch_size=batch_size, shuffle=shuffle, seed=seed, learning_rate=learning_rate,
+            id=deployment_id,
+            configuration=configuration,
+            models=model or None,
+            epochs=epochs,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            learning_rate=learning_rate,
             fit_kwargs=_json_option("--fit-kwargs", fit_kwargs),
             evaluate_kwargs=_json_option("--evaluate-kwargs", evaluate_kwargs),
-            description=description)
-        console.print(f"deployment [bold]{record['id']}[/]: {', '.join(record['models'])}; "
-                      f"send its control message with key {record['id']!r}")
+            description=description,
+        )
+        console.print(
+            f"deployment [bold]{record['id']}[/]: {', '.join(record['models'])}; "
+            f"send its control message with key {record['id']!r}"
+        )
 
 
 @deployments_app.command("list")
@@ -226,16 +259,21 @@ def deployments_list() -> None:
     with _talking():
         table = Table("id", "configuration", "models", "epochs", "batch", "created")
         for d in _client().get("/deployments"):
-            table.add_row(d["id"], d.get("configuration") or "-", ", ".join(d["models"]),
-                          str(d.get("epochs")), str(d.get("batch_size")), d.get("created", ""))
+            table.add_row(
+                d["id"],
+                d.get("configuration") or "-",
+                ", ".join(d["models"]),
+                str(d.get("epochs")),
+                str(d.get("batch_size")),
+                d.get("created", ""),
+            )
         console.print(table)
 
 
 @deployments_app.command("show")
 def deployments_show(deployment_id: str) -> None:
     with _talking():
-        _print_record(f"deployment {deployment_id}",
-                      _client().get(f"/deployments/{deployment_id}"))
+        _print_record(f"deployment {deployment_id}", _client().get(f"/deployments/{deployment_id}"))
 
 
 # -- inference ----------------------------------------------------------------------------------
@@ -246,8 +284,9 @@ def inference_create(
     output_topic: str = typer.Option(..., "--output-topic"),
     model: str | None = typer.Option(None, "--model", help="Default: the run's only model."),
     inference_id: str | None = typer.Option(None, "--id"),
-    input_format: str | None = typer.Option(None, "--input-format",
-                                            help="RAW, AVRO or JSON (default: the run's)."),
+    input_format: str | None = typer.Option(
+        None, "--input-format", help="RAW, AVRO or JSON (default: the run's)."
+    ),
     input_config: str | None = typer.Option(None, "--input-config", help="JSON object."),
     min_scale: int | None = typer.Option(None, "--min-scale"),
     max_scale: int | None = typer.Option(None, "--max-scale"),
@@ -258,16 +297,26 @@ def inference_create(
     """Store an inference spec and render its Knative Service + KafkaSource."""
     with _talking():
         record = _client().create_inference(
-            id=inference_id, run_id=run_id, model=model, input_format=input_format,
-            input_config=_json_option("--input-config", input_config), input_topic=input_topic,
-            output_topic=output_topic, min_scale=min_scale, max_scale=max_scale,
-            target_concurrency=target_concurrency, image=image)
+            id=inference_id,
+            run_id=run_id,
+            model=model,
+            input_format=input_format,
+            input_config=_json_option("--input-config", input_config),
+            input_topic=input_topic,
+            output_topic=output_topic,
+            min_scale=min_scale,
+            max_scale=max_scale,
+            target_concurrency=target_concurrency,
+            image=image,
+        )
         if show_yaml:
             print(record["manifests"], end="")
             return
-        console.print(f"inference [bold]{record['id']}[/]: {record['input_topic']} -> "
-                      f"{record['model']} -> {record['output_topic']}; "
-                      f"`kml deploy inference {record['id']}` prints or applies it")
+        console.print(
+            f"inference [bold]{record['id']}[/]: {record['input_topic']} -> "
+            f"{record['model']} -> {record['output_topic']}; "
+            f"`kml deploy inference {record['id']}` prints or applies it"
+        )
 
 
 def _json_option(option: str, value: str | None) -> Any:

@@ -22,8 +22,7 @@ from kafkaml.wire import (
 )
 
 runs_app = typer.Typer(help="Training runs: status, metrics and artifacts.", no_args_is_help=True)
-datasources_app = typer.Typer(help="Stored control messages (data streams).",
-                              no_args_is_help=True)
+datasources_app = typer.Typer(help="Stored control messages (data streams).", no_args_is_help=True)
 
 
 def load_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -54,28 +53,58 @@ def _numeric_row(line: str) -> bool:
     return True
 
 
-def _sink(fmt: str, settings: Settings, topic: str, deployment: str, x: np.ndarray,
-          y: np.ndarray, validation_rate: float, test_rate: float, kafka_ml_key: bool
-          ) -> KafkaMLSink:
+def _sink(
+    fmt: str,
+    settings: Settings,
+    topic: str,
+    deployment: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation_rate: float,
+    test_rate: float,
+    kafka_ml_key: bool,
+) -> KafkaMLSink:
     shape = " ".join(str(d) for d in x.shape[1:]) or None
     label_shape = " ".join(str(d) for d in y.shape[1:]) or "1"
-    args = dict(validation_rate=validation_rate, test_rate=test_rate,
-                control_topic=settings.control_topic, kafka_ml_key=kafka_ml_key,
-                timeout_s=settings.kafka_timeout_s, data_reshape=shape,
-                label_reshape=label_shape, description=f"kml train {topic}")
+    args = dict(
+        validation_rate=validation_rate,
+        test_rate=test_rate,
+        control_topic=settings.control_topic,
+        kafka_ml_key=kafka_ml_key,
+        timeout_s=settings.kafka_timeout_s,
+        data_reshape=shape,
+        label_reshape=label_shape,
+        description=f"kml train {topic}",
+    )
     if fmt == "RAW":
-        return RawSink(settings.kafka_bootstrap, topic, deployment, data_type=x.dtype.name,
-                       label_type=y.dtype.name, **args)
+        return RawSink(
+            settings.kafka_bootstrap,
+            topic,
+            deployment,
+            data_type=x.dtype.name,
+            label_type=y.dtype.name,
+            **args,
+        )
     if fmt == "JSON":
-        return JsonSink(settings.kafka_bootstrap, topic, deployment, data_type=x.dtype.name,
-                        label_type=y.dtype.name, **args)
+        return JsonSink(
+            settings.kafka_bootstrap,
+            topic,
+            deployment,
+            data_type=x.dtype.name,
+            label_type=y.dtype.name,
+            **args,
+        )
     raise BadRequest(f"--format {fmt}: kml train sends RAW or JSON (use AvroSink for AVRO)")
 
 
 def follow_run(settings: Settings, run_id: str, start: dict[int, int], timeout_s: float) -> bool:
     """Show progress events of ``run_id`` until completed (True) or failed (False)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         tasks: dict[str, int] = {}
         waiting = progress.add_task(f"waiting for run {run_id}", total=None, info="")
@@ -105,8 +134,13 @@ def follow_run(settings: Settings, run_id: str, start: dict[int, int], timeout_s
     return False
 
 
-DataFile = typer.Option(..., "--data", exists=True, dir_okay=False,
-                        help="Training data: .npz (x, y) or .csv (last column = label).")
+DataFile = typer.Option(
+    ...,
+    "--data",
+    exists=True,
+    dir_okay=False,
+    help="Training data: .npz (x, y) or .csv (last column = label).",
+)
 
 
 def train(
@@ -128,13 +162,16 @@ def train(
         ensure_topic(settings.kafka_bootstrap, topic, partitions, settings.kafka_timeout_s)
         ensure_topic(settings.kafka_bootstrap, settings.results_topic, 1, settings.kafka_timeout_s)
         start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
-        sink = _sink(fmt.upper(), settings, topic, deployment, x, y, validation_rate, test_rate,
-                     kafka_ml_key)
+        sink = _sink(
+            fmt.upper(), settings, topic, deployment, x, y, validation_rate, test_rate, kafka_ml_key
+        )
         sink.send_batch(x, y)
         control = sink.close()
         run_id = control.run_id()
-        console.print(f"sent {control.total_msg} records to {control.topic}; control message on "
-                      f"{settings.control_topic}; run {run_id}")
+        console.print(
+            f"sent {control.total_msg} records to {control.topic}; control message on "
+            f"{settings.control_topic}; run {run_id}"
+        )
         if follow_run_ and not follow_run(settings, run_id, start, timeout):
             raise typer.Exit(1)
         if follow_run_:
@@ -149,22 +186,33 @@ def show(run_id: str = typer.Argument(..., help="Run id (printed by kml train)."
     with friendly_errors():
         registry = Registry.from_settings(load_settings())
         run, _ = registry.get_run(run_id)
-        console.print(f"run {run_id}: [bold]{run['status']}[/]  deployment "
-                      f"{run.get('deployment_id')}  splits {run.get('splits', '-')}")
+        console.print(
+            f"run {run_id}: [bold]{run['status']}[/]  deployment "
+            f"{run.get('deployment_id')}  splits {run.get('splits', '-')}"
+        )
         if run.get("reason"):
             console.print(f"reason: {run['reason']}")
         for name, result in (run.get("models") or {}).items():
             metrics = result.get("metrics", {})
             scores = metrics.get("test") or metrics.get("evaluated_on_validation") or {}
-            console.print(f"\n[bold]{name}[/] ({result.get('model')}): " + "  ".join(
-                f"{k} {v:.4f}" for k, v in scores.items()))
+            console.print(
+                f"\n[bold]{name}[/] ({result.get('model')}): "
+                + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            )
             if result.get("tflite_error"):
                 console.print(f"tflite: {result['tflite_error']}")
             for filename, key in sorted(result.get("artifacts", {}).items()):
-                console.print(f"  {filename:<22} s3://{registry.store.bucket}/{key}",
-                              soft_wrap=True, highlight=False)
-                console.print(f"    {registry.store.presigned_get(key)}", soft_wrap=True,
-                              highlight=False, markup=False)
+                console.print(
+                    f"  {filename:<22} s3://{registry.store.bucket}/{key}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                console.print(
+                    f"    {registry.store.presigned_get(key)}",
+                    soft_wrap=True,
+                    highlight=False,
+                    markup=False,
+                )
 
 
 @datasources_app.command("reuse")
@@ -180,16 +228,22 @@ def reuse(
         settings = load_settings()
         stored = Registry.from_settings(settings).get_datasource(datasource_id)
         message = republish(settings, stored["control_message"], deployment, kafka_ml_key)
-        console.print(f"control message for deployment {deployment} on {settings.control_topic}"
-                      f"; run {message.run_id()}")
+        console.print(
+            f"control message for deployment {deployment} on {settings.control_topic}"
+            f"; run {message.run_id()}"
+        )
 
 
-def republish(settings: Settings, body: dict, deployment: str, kafka_ml_key: bool = False
-              ) -> ControlMessage:
+def republish(
+    settings: Settings, body: dict, deployment: str, kafka_ml_key: bool = False
+) -> ControlMessage:
     """Validate and publish a control message body keyed by ``deployment``; waits for Kafka."""
     message = parse_control_message(json.dumps(body).encode(), None, deployment_id=deployment)
     producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
-    producer.produce(settings.control_topic, to_control_message_bytes(message),
-                     control_message_key(deployment, kafka_ml_key))
+    producer.produce(
+        settings.control_topic,
+        to_control_message_bytes(message),
+        control_message_key(deployment, kafka_ml_key),
+    )
     producer.flush()
     return message

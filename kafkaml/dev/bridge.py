@@ -47,9 +47,14 @@ LIMITATIONS = (
 class Bridge:
     """Every source's consumer, kept in line with the manifests."""
 
-    def __init__(self, settings: Settings, manifests_dir: Path = DEFAULT_MANIFESTS,
-                 commit_interval_s: float = 5.0, rescan_interval_s: float = 2.0,
-                 fixed_urls: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        manifests_dir: Path = DEFAULT_MANIFESTS,
+        commit_interval_s: float = 5.0,
+        rescan_interval_s: float = 2.0,
+        fixed_urls: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.manifests_dir = Path(manifests_dir)
         self.state_dir = Path(settings.state_dir)
@@ -57,10 +62,14 @@ class Bridge:
         self.status_file = self.state_dir / "bridge" / "status.json"
         self.commit_interval_s = commit_interval_s
         self.rescan_interval_s = rescan_interval_s
-        self.fixed_urls = fixed_urls if fixed_urls is not None else {
-            "kml-register": f"http://127.0.0.1:{settings.register_port}",
-            "kml-train": f"http://127.0.0.1:{settings.train_port}",
-        }
+        self.fixed_urls = (
+            fixed_urls
+            if fixed_urls is not None
+            else {
+                "kml-register": f"http://127.0.0.1:{settings.register_port}",
+                "kml-train": f"http://127.0.0.1:{settings.train_port}",
+            }
+        )
         self.resolver = SinkResolver(self.fixed_urls, self.state_dir / "services", {})
         self.consumers: dict[tuple[str, str], SourceConsumer] = {}
         self.problems: list[str] = []
@@ -71,9 +80,13 @@ class Bridge:
     def start(self) -> None:
         for line in LIMITATIONS:
             log.warning("cannot reproduce: " + line)
-        self._producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap,
-                                   "enable.idempotence": True,
-                                   "message.timeout.ms": int(self.settings.kafka_timeout_s * 1000)})
+        self._producer = Producer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "message.timeout.ms": int(self.settings.kafka_timeout_s * 1000),
+            }
+        )
         self.rescan()
         self._thread = threading.Thread(target=self._rescan_loop, name="bridge-rescan", daemon=True)
         self._thread.start()
@@ -99,8 +112,11 @@ class Bridge:
             return
         self.resolver.kafka_sinks = found.kafka_sinks
         wanted = self._unique(found)
-        for key in [k for k, c in self.consumers.items()
-                    if k not in wanted or wanted[k] != c.spec or not c.alive()]:
+        for key in [
+            k
+            for k, c in self.consumers.items()
+            if k not in wanted or wanted[k] != c.spec or not c.alive()
+        ]:
             log.info("stopping source", extra={"fields": {"source": key[1]}})
             self.consumers.pop(key).stop()
         for key, spec in wanted.items():
@@ -113,25 +129,40 @@ class Bridge:
         for spec in found.sources:
             key = (spec.namespace, spec.name)
             if key in wanted:
-                found.problems.append(f"{spec.origin}: KafkaSource {spec.namespace}/{spec.name} "
-                                      f"is already defined in {wanted[key].origin}; ignored")
+                found.problems.append(
+                    f"{spec.origin}: KafkaSource {spec.namespace}/{spec.name} "
+                    f"is already defined in {wanted[key].origin}; ignored"
+                )
                 continue
             wanted[key] = spec
         return wanted
 
     def _start_source(self, spec: SourceSpec) -> None:
-        deliverer = Deliverer(self.resolver, threading.Event(), self._producer,
-                              self.settings.kafka_timeout_s)
-        consumer = SourceConsumer(spec, self.settings.kafka_bootstrap, deliverer,
-                                  self.commit_interval_s)
+        deliverer = Deliverer(
+            self.resolver, threading.Event(), self._producer, self.settings.kafka_timeout_s
+        )
+        consumer = SourceConsumer(
+            spec, self.settings.kafka_bootstrap, deliverer, self.commit_interval_s
+        )
         self.consumers[consumer.key] = consumer
-        log.info("source started", extra={"fields": {
-            "source": spec.name, "topics": list(spec.topics), "group": spec.consumer_group,
-            "sink": str(spec.sink), "sink_url": self.resolver.url(spec.sink),
-            "ordering": "ordered" if spec.ordered else "unordered",
-            "retry": spec.delivery.retry, "backoff": spec.delivery.backoff_policy,
-            "backoff_delay_s": spec.delivery.backoff_delay_s,
-            "dead_letter": str(spec.delivery.dead_letter), "origin": spec.origin}})
+        log.info(
+            "source started",
+            extra={
+                "fields": {
+                    "source": spec.name,
+                    "topics": list(spec.topics),
+                    "group": spec.consumer_group,
+                    "sink": str(spec.sink),
+                    "sink_url": self.resolver.url(spec.sink),
+                    "ordering": "ordered" if spec.ordered else "unordered",
+                    "retry": spec.delivery.retry,
+                    "backoff": spec.delivery.backoff_policy,
+                    "backoff_delay_s": spec.delivery.backoff_delay_s,
+                    "dead_letter": str(spec.delivery.dead_letter),
+                    "origin": spec.origin,
+                }
+            },
+        )
         consumer.start()
 
     def _report(self, problems: list[str]) -> None:
@@ -140,12 +171,21 @@ class Bridge:
                 log.error("manifest problem", extra={"fields": {"problem": p}})
         self.problems = problems
         status = {
-            "pid": os.getpid(), "ts": time.time(), "problems": problems,
-            "sources": [{"name": c.spec.name, "topics": list(c.spec.topics),
-                         "group": c.spec.consumer_group, "sink": self.resolver.url(c.spec.sink),
-                         "assigned": sorted(f"{t}/{p}" for t, p in c.assigned),
-                         "outcomes": c.outcomes, "alive": c.alive()}
-                        for c in self.consumers.values()],
+            "pid": os.getpid(),
+            "ts": time.time(),
+            "problems": problems,
+            "sources": [
+                {
+                    "name": c.spec.name,
+                    "topics": list(c.spec.topics),
+                    "group": c.spec.consumer_group,
+                    "sink": self.resolver.url(c.spec.sink),
+                    "assigned": sorted(f"{t}/{p}" for t, p in c.assigned),
+                    "outcomes": c.outcomes,
+                    "alive": c.alive(),
+                }
+                for c in self.consumers.values()
+            ],
         }
         self.status_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.status_file.with_suffix(".tmp")
@@ -171,8 +211,12 @@ def main(argv: list[str] | None = None) -> None:
     from kafkaml.web import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m kafkaml.dev.bridge", description=__doc__)
-    parser.add_argument("--manifests", type=Path, default=DEFAULT_MANIFESTS,
-                        help="kustomization whose KafkaSources to play (default: knative/base)")
+    parser.add_argument(
+        "--manifests",
+        type=Path,
+        default=DEFAULT_MANIFESTS,
+        help="kustomization whose KafkaSources to play (default: knative/base)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)

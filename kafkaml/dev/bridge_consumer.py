@@ -34,8 +34,14 @@ TP = tuple[str, int]
 class SourceConsumer:
     """The consumer loop of one source, in its own thread."""
 
-    def __init__(self, spec: SourceSpec, bootstrap: str, deliverer: Deliverer,
-                 commit_interval_s: float = 5.0, poll_timeout_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        spec: SourceSpec,
+        bootstrap: str,
+        deliverer: Deliverer,
+        commit_interval_s: float = 5.0,
+        poll_timeout_s: float = 0.05,
+    ) -> None:
         self.spec = spec
         self.bootstrap = bootstrap
         self.deliverer = deliverer
@@ -58,8 +64,9 @@ class SourceConsumer:
         return self.spec.namespace, self.spec.name
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.spec.name}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"source-{self.spec.name}", daemon=True
+        )
         self._thread.start()
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -75,19 +82,26 @@ class SourceConsumer:
     # -- the loop -------------------------------------------------------------------------------
     def _run(self) -> None:
         spec = self.spec
-        self._consumer = Consumer({
-            "bootstrap.servers": self.bootstrap,
-            "group.id": spec.consumer_group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": spec.initial_offset,
-            "session.timeout.ms": 10000,
-            "topic.metadata.refresh.interval.ms": 2000,
-            "allow.auto.create.topics": False,
-        })
-        self._consumer.subscribe(list(spec.topics), on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
-        pool = ThreadPoolExecutor(max_workers=UNORDERED_IN_FLIGHT,
-                                  thread_name_prefix=f"deliver-{spec.name}")
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": spec.consumer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": spec.initial_offset,
+                "session.timeout.ms": 10000,
+                "topic.metadata.refresh.interval.ms": 2000,
+                "allow.auto.create.topics": False,
+            }
+        )
+        self._consumer.subscribe(
+            list(spec.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        pool = ThreadPoolExecutor(
+            max_workers=UNORDERED_IN_FLIGHT, thread_name_prefix=f"deliver-{spec.name}"
+        )
         last_commit = time.monotonic()
         try:
             while not self.stop_event.is_set():
@@ -113,8 +127,10 @@ class SourceConsumer:
             self._commit()
             self._consumer.close()
         except Exception as e:  # the broker may be gone already
-            log.warning("closing the consumer failed", extra={"fields": {
-                "source": self.spec.name, "error": str(e)}})
+            log.warning(
+                "closing the consumer failed",
+                extra={"fields": {"source": self.spec.name, "error": str(e)}},
+            )
 
     def _take(self, messages: list[Any]) -> None:
         for msg in messages:
@@ -141,8 +157,9 @@ class SourceConsumer:
     def _drain(self, timeout: float | None = None) -> None:
         while True:
             try:
-                tp, offset, outcome = (self._done.get(timeout=timeout) if timeout
-                                       else self._done.get_nowait())
+                tp, offset, outcome = (
+                    self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+                )
             except queue.Empty:
                 return
             timeout = None
@@ -168,14 +185,19 @@ class SourceConsumer:
                 pool.submit(self._deliver, tp, record)
 
     def _deliver(self, tp: TP, record: Record) -> None:
-        where = {"source": self.spec.name, "topic": record.topic,
-                 "partition": record.partition, "offset": record.offset}
+        where = {
+            "source": self.spec.name,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+        }
         try:
             event = record_to_event(record, self.spec)
             outcome = self.deliverer.deliver(event, self.spec, where)
         except Exception:
-            log.exception("delivery failed unexpectedly; the record is dropped",
-                          extra={"fields": where})
+            log.exception(
+                "delivery failed unexpectedly; the record is dropped", extra={"fields": where}
+            )
             outcome = Outcome.DROPPED
         self._done.put((tp, record.offset, outcome))
 
@@ -193,16 +215,25 @@ class SourceConsumer:
         if not positions:
             return
         try:
-            self._consumer.commit(offsets=[TopicPartition(t, p, pos)
-                                           for (t, p), pos in positions.items()],
-                                  asynchronous=False)
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, pos) for (t, p), pos in positions.items()],
+                asynchronous=False,
+            )
         except Exception as e:
-            log.warning("commit failed", extra={"fields": {"source": self.spec.name,
-                                                           "error": str(e)}})
+            log.warning(
+                "commit failed", extra={"fields": {"source": self.spec.name, "error": str(e)}}
+            )
             return
         self.tracker.committed(positions)
-        log.debug("committed", extra={"fields": {"source": self.spec.name, "offsets": {
-            f"{t}/{p}": pos for (t, p), pos in positions.items()}}})
+        log.debug(
+            "committed",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "offsets": {f"{t}/{p}": pos for (t, p), pos in positions.items()},
+                }
+            },
+        )
 
     # -- rebalance ----------------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -210,9 +241,15 @@ class SourceConsumer:
             self.assigned.add((tp.topic, tp.partition))
             self.tracker.assign(tp.topic, tp.partition)
         self._paused.clear()
-        log.info("partitions assigned", extra={"fields": {
-            "source": self.spec.name,
-            "partitions": [f"{t.topic}/{t.partition}" for t in partitions]}})
+        log.info(
+            "partitions assigned",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "partitions": [f"{t.topic}/{t.partition}" for t in partitions],
+                }
+            },
+        )
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
@@ -223,5 +260,12 @@ class SourceConsumer:
             self._queues.pop(tp, None)
             self._paused.discard(tp)
             self.tracker.revoke(*tp)
-        log.info("partitions revoked", extra={"fields": {
-            "source": self.spec.name, "partitions": sorted(f"{t}/{p}" for t, p in gone)}})
+        log.info(
+            "partitions revoked",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "partitions": sorted(f"{t}/{p}" for t, p in gone),
+                }
+            },
+        )

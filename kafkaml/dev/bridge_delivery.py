@@ -77,8 +77,12 @@ def error_extensions(destination: str, last: Attempt) -> dict[str, str]:
 class SinkResolver:
     """Local addresses for sink refs: register/train ports, ``services/<name>.json``, KafkaSinks."""
 
-    def __init__(self, fixed: dict[str, str], services_dir: Path | None,
-                 kafka_sinks: dict[tuple[str, str], str]) -> None:
+    def __init__(
+        self,
+        fixed: dict[str, str],
+        services_dir: Path | None,
+        kafka_sinks: dict[tuple[str, str], str],
+    ) -> None:
         self.fixed = fixed
         self.services_dir = services_dir
         self.kafka_sinks = kafka_sinks
@@ -105,8 +109,13 @@ class SinkResolver:
 class Deliverer:
     """Sends events for every source; one instance is shared by the source consumers."""
 
-    def __init__(self, resolver: SinkResolver, stop: threading.Event,
-                 producer: Any | None = None, kafka_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        resolver: SinkResolver,
+        stop: threading.Event,
+        producer: Any | None = None,
+        kafka_timeout_s: float = 30.0,
+    ) -> None:
         self.resolver = resolver
         self.stop = stop
         self.producer = producer
@@ -123,22 +132,29 @@ class Deliverer:
             return Outcome.DELIVERED
         fields = {**where, "status": last.status, "error": last.error, "sink": dest}
         if policy.dead_letter is None:
-            log.error("dropped: delivery failed and the source has no dead-letter sink",
-                      extra={"fields": fields})
+            log.error(
+                "dropped: delivery failed and the source has no dead-letter sink",
+                extra={"fields": fields},
+            )
             return Outcome.DROPPED
         dead = event.with_extensions(error_extensions(dest, last))
         if self._dead_letter(dead, spec, policy, where):
-            log.warning("dead-lettered", extra={"fields": {**fields,
-                                                          "dead_letter": str(policy.dead_letter)}})
+            log.warning(
+                "dead-lettered",
+                extra={"fields": {**fields, "dead_letter": str(policy.dead_letter)}},
+            )
             return Outcome.DEAD_LETTERED
         if self.stop.is_set():
             return Outcome.ABORTED
-        log.error("dead-letter sink failed too; the record is given up like Knative does",
-                  extra={"fields": {**fields, "dead_letter": str(policy.dead_letter)}})
+        log.error(
+            "dead-letter sink failed too; the record is given up like Knative does",
+            extra={"fields": {**fields, "dead_letter": str(policy.dead_letter)}},
+        )
         return Outcome.DEAD_LETTER_FAILED
 
-    def _dead_letter(self, event: OutgoingEvent, spec: SourceSpec, policy: DeliveryPolicy,
-                     where: dict[str, Any]) -> bool:
+    def _dead_letter(
+        self, event: OutgoingEvent, spec: SourceSpec, policy: DeliveryPolicy, where: dict[str, Any]
+    ) -> bool:
         ref = policy.dead_letter
         assert ref is not None
         topic = self.resolver.kafka_topic(ref)
@@ -147,21 +163,39 @@ class Deliverer:
         last = self._send_with_retries(event, spec, ref, policy, {**where, "to": "dead-letter"})
         return last is not None and last.ok
 
-    def _send_with_retries(self, event: OutgoingEvent, spec: SourceSpec, ref: SinkRef,
-                           policy: DeliveryPolicy, where: dict[str, Any]) -> Attempt | None:
+    def _send_with_retries(
+        self,
+        event: OutgoingEvent,
+        spec: SourceSpec,
+        ref: SinkRef,
+        policy: DeliveryPolicy,
+        where: dict[str, Any],
+    ) -> Attempt | None:
         headers, body = to_http_binary(event, spec.namespace)
         attempt = 0
         while True:
             url = self.resolver.url(ref)
-            last = self._post(url, headers, body, policy.timeout_s) if url else Attempt(
-                error=f"no local address for sink {ref}")
+            last = (
+                self._post(url, headers, body, policy.timeout_s)
+                if url
+                else Attempt(error=f"no local address for sink {ref}")
+            )
             if last.ok or not last.retryable or attempt >= policy.retry:
                 return last
             attempt += 1
             delay = policy.backoff(attempt)
-            log.info("retrying", extra={"fields": {
-                **where, "attempt": attempt, "status": last.status, "error": last.error,
-                "backoff_s": delay}})
+            log.info(
+                "retrying",
+                extra={
+                    "fields": {
+                        **where,
+                        "attempt": attempt,
+                        "status": last.status,
+                        "error": last.error,
+                        "backoff_s": delay,
+                    }
+                },
+            )
             if self.stop.wait(delay):
                 return None
 
@@ -170,14 +204,16 @@ class Deliverer:
         if session is None:
             session = self._local.session = requests.Session()
         try:
-            resp = session.post(url, headers=headers, data=body, timeout=timeout_s,
-                                allow_redirects=False)
+            resp = session.post(
+                url, headers=headers, data=body, timeout=timeout_s, allow_redirects=False
+            )
         except requests.Timeout:
             return Attempt(error=f"timed out after {timeout_s:g}s")
         except requests.RequestException as e:
             return Attempt(error=f"{type(e).__name__}: connection failed")
-        return Attempt(status=resp.status_code, body=resp.content or b"",
-                       headers=dict(resp.headers))
+        return Attempt(
+            status=resp.status_code, body=resp.content or b"", headers=dict(resp.headers)
+        )
 
     def _produce(self, topic: str, event: OutgoingEvent, where: dict[str, Any]) -> bool:
         if self.producer is None:
@@ -185,11 +221,18 @@ class Deliverer:
             return False
         key, value, headers = to_kafka_binary(event)
         result: list[Any] = []
-        self.producer.produce(topic, value=value, key=key, headers=headers,
-                              on_delivery=lambda err, msg: result.append(err))
+        self.producer.produce(
+            topic,
+            value=value,
+            key=key,
+            headers=headers,
+            on_delivery=lambda err, msg: result.append(err),
+        )
         self.producer.flush(self.kafka_timeout_s)
         if not result or result[0] is not None:
-            log.error("could not produce to the dead-letter topic",
-                      extra={"fields": {**where, "topic": topic, "error": str(result[:1])}})
+            log.error(
+                "could not produce to the dead-letter topic",
+                extra={"fields": {**where, "topic": topic, "error": str(result[:1])}},
+            )
             return False
         return True

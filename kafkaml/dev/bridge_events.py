@@ -39,10 +39,15 @@ class Record:
     @classmethod
     def from_message(cls, msg: Any) -> Record:
         ts_type, ts = msg.timestamp()
-        return cls(topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
-                   value=msg.value(), key=msg.key(),
-                   headers=tuple((k, v or b"") for k, v in (msg.headers() or [])),
-                   timestamp_ms=ts if ts_type != 0 and ts >= 0 else None)
+        return cls(
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
+            value=msg.value(),
+            key=msg.key(),
+            headers=tuple((k, v or b"") for k, v in (msg.headers() or [])),
+            timestamp_ms=ts if ts_type != 0 and ts >= 0 else None,
+        )
 
     def header(self, name: str) -> bytes | None:
         found = [v for k, v in self.headers if k.lower() == name]
@@ -120,11 +125,13 @@ def record_to_event(record: Record, spec: SourceSpec) -> OutgoingEvent:
         event = OutgoingEvent(parsed.attributes, parsed.data, passed_through=True)
     else:
         event = OutgoingEvent(_synthesized(record, spec), record.value or b"")
-    return event.with_extensions({
-        "knativekafkapartition": str(record.partition),
-        "knativekafkaoffset": str(record.offset),
-        **spec.ce_overrides,
-    })
+    return event.with_extensions(
+        {
+            "knativekafkapartition": str(record.partition),
+            "knativekafkaoffset": str(record.offset),
+            **spec.ce_overrides,
+        }
+    )
 
 
 def _synthesized(record: Record, spec: SourceSpec) -> dict[str, str]:

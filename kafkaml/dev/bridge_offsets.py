@@ -60,9 +60,13 @@ class OffsetTracker:
     def to_commit(self, only: set[tuple[str, int]] | None = None) -> dict[tuple[str, int], int]:
         """Positions that moved since the last commit (optionally only for ``only``)."""
         with self._lock:
-            return {tp: p.position for tp, p in self._parts.items()
-                    if p.position is not None and p.position != p.committed
-                    and (only is None or tp in only)}
+            return {
+                tp: p.position
+                for tp, p in self._parts.items()
+                if p.position is not None
+                and p.position != p.committed
+                and (only is None or tp in only)
+            }
 
     def committed(self, positions: dict[tuple[str, int], int]) -> None:
         with self._lock:

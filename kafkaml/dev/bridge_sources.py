@@ -36,8 +36,12 @@ def parse_duration(text: str) -> float:
     if not m or text in ("P", "PT") or text.endswith("T"):
         raise SourceError(f"{text!r} is not an ISO 8601 duration such as PT0.5S")
     parts = {k: float(v) for k, v in m.groupdict().items() if v is not None}
-    return (parts.get("d", 0) * 86400 + parts.get("h", 0) * 3600 + parts.get("m", 0) * 60
-            + parts.get("s", 0))
+    return (
+        parts.get("d", 0) * 86400
+        + parts.get("h", 0) * 3600
+        + parts.get("m", 0) * 60
+        + parts.get("s", 0)
+    )
 
 
 @dataclass(frozen=True)
@@ -57,9 +61,13 @@ class SinkRef:
         ref = spec.get("ref") or {}
         if not ref and not spec.get("uri"):
             raise SourceError(f"{where}: needs ref or uri")
-        return cls(kind=ref.get("kind", ""), name=ref.get("name", ""),
-                   namespace=ref.get("namespace") or namespace,
-                   api_version=ref.get("apiVersion", ""), uri=spec.get("uri", ""))
+        return cls(
+            kind=ref.get("kind", ""),
+            name=ref.get("name", ""),
+            namespace=ref.get("namespace") or namespace,
+            api_version=ref.get("apiVersion", ""),
+            uri=spec.get("uri", ""),
+        )
 
     def __str__(self) -> str:
         return self.uri or f"{self.kind}/{self.namespace}/{self.name}"
@@ -76,8 +84,9 @@ class DeliveryPolicy:
     dead_letter: SinkRef | None = None
 
     @classmethod
-    def from_spec(cls, delivery: dict[str, Any] | None, namespace: str = "",
-                  where: str = "delivery") -> DeliveryPolicy:
+    def from_spec(
+        cls, delivery: dict[str, Any] | None, namespace: str = "", where: str = "delivery"
+    ) -> DeliveryPolicy:
         """Knative's rule: no ``delivery`` -> 10 retries, exponential, PT0.3S, PT600S; with a
         ``delivery``, unset fields are NOT merged with those: retry 0, 200 ms, 600 s."""
         if delivery is None:
@@ -102,7 +111,7 @@ class DeliveryPolicy:
         """Seconds to wait before retry ``n`` (1-based); no jitter."""
         if self.backoff_policy == "linear":
             return self.backoff_delay_s * n
-        return self.backoff_delay_s * (2 ** n)
+        return self.backoff_delay_s * (2**n)
 
 
 def _duration_field(delivery: dict[str, Any], name: str, default: float, where: str) -> float:
@@ -140,11 +149,13 @@ class SourceSpec:
 
 def is_kafka_source(doc: dict[str, Any]) -> bool:
     return doc.get("kind") == "KafkaSource" and str(doc.get("apiVersion", "")).startswith(
-        "sources.knative.dev/")
+        "sources.knative.dev/"
+    )
 
 
-def parse_kafka_source(doc: dict[str, Any], default_namespace: str = "default",
-                       origin: str = "") -> SourceSpec:
+def parse_kafka_source(
+    doc: dict[str, Any], default_namespace: str = "default", origin: str = ""
+) -> SourceSpec:
     meta = doc.get("metadata") or {}
     name = meta.get("name") or ""
     namespace = meta.get("namespace") or default_namespace
@@ -169,8 +180,9 @@ def parse_kafka_source(doc: dict[str, Any], default_namespace: str = "default",
         topics=topics,
         consumer_group=spec.get("consumerGroup") or f"knative-kafka-source-{namespace}-{name}",
         sink=SinkRef.from_spec(spec.get("sink"), namespace, f"{where}: spec.sink"),
-        delivery=DeliveryPolicy.from_spec(spec.get("delivery"), namespace,
-                                          f"{where}: spec.delivery"),
+        delivery=DeliveryPolicy.from_spec(
+            spec.get("delivery"), namespace, f"{where}: spec.delivery"
+        ),
         ordered=ordering == "ordered",
         ce_overrides={str(k): str(v) for k, v in overrides.items()},
         key_type=key_type,

@@ -73,9 +73,17 @@ class KafkaBroker:
         if not cluster_file.exists():
             cluster_file.write_text(_cluster_id())
         tools._run(
-            [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-             f"--cluster-id={cluster_file.read_text().strip()}", "-c", str(config),
-             "--ignore-formatted"],
+            [
+                java,
+                "-cp",
+                f"{libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={cluster_file.read_text().strip()}",
+                "-c",
+                str(config),
+                "--ignore-formatted",
+            ],
             "formatting the Kafka storage",
             120,
         )
@@ -86,23 +94,36 @@ class KafkaBroker:
         java = tools.check_java()
         libs = tools.kafka_libs(Path(self.settings.cache_dir))
         require_free(self.settings.kafka_port, "kafka_port", "the Kafka broker")
-        require_free(self.settings.kafka_controller_port, "kafka_controller_port", "the Kafka controller")
+        require_free(
+            self.settings.kafka_controller_port, "kafka_controller_port", "the Kafka controller"
+        )
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
         config.write_text(self._properties())
         (self.home / "log4j2.properties").write_text(LOG4J)
         self._format_once(java, libs, config)
         self.proc.start(
-            [java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-             f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
-             "-cp", f"{libs}/*", "kafka.Kafka", str(config)],
+            [
+                java,
+                "-Xms256m",
+                "-Xmx1g",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={(self.home / 'log4j2.properties').resolve()}",
+                "-cp",
+                f"{libs}/*",
+                "kafka.Kafka",
+                str(config),
+            ],
         )
         self.proc.wait_until(
             lambda: port_answers(self.settings.kafka_port),
             f"the Kafka broker to listen on {self.address}",
             timeout,
         )
-        self.proc.wait_until(self.healthy, f"the Kafka broker at {self.address} to answer metadata", timeout)
+        self.proc.wait_until(
+            self.healthy, f"the Kafka broker at {self.address} to answer metadata", timeout
+        )
 
     def healthy(self) -> bool:
         if not port_answers(self.settings.kafka_port):

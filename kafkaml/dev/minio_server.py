@@ -26,13 +26,22 @@ class MinioServer:
         if self.proc.pid() is None:
             binary = tools.minio_binary(Path(self.settings.cache_dir))
             require_free(self.settings.minio_port, "minio_port", "MinIO")
-            require_free(self.settings.minio_console_port, "minio_console_port", "the MinIO console")
+            require_free(
+                self.settings.minio_console_port, "minio_console_port", "the MinIO console"
+            )
             data = self.home / "data"
             data.mkdir(parents=True, exist_ok=True)
             self.proc.start(
-                [str(binary), "server", str(data.resolve()), "--quiet",
-                 "--address", f"127.0.0.1:{self.settings.minio_port}",
-                 "--console-address", f"127.0.0.1:{self.settings.minio_console_port}"],
+                [
+                    str(binary),
+                    "server",
+                    str(data.resolve()),
+                    "--quiet",
+                    "--address",
+                    f"127.0.0.1:{self.settings.minio_port}",
+                    "--console-address",
+                    f"127.0.0.1:{self.settings.minio_console_port}",
+                ],
                 env={
                     "MINIO_ROOT_USER": self.settings.s3_access_key,
                     "MINIO_ROOT_PASSWORD": self.settings.s3_secret_key,

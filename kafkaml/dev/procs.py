@@ -103,7 +103,7 @@ class Proc:
         return proc
 
     def wait_until(self, check: Callable[[], bool], what: str, timeout: float) -> None:
-        """Wait for ``check`` to hold; fail with the log's tail if the process dies or time runs out."""
+        """Wait for ``check``; fail with the log's tail if the process dies or time runs out."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.pid() is None:

@@ -36,8 +36,9 @@ def readiness_status(url: str, timeout_s: float = 2.0) -> int:
 class GunicornFunction:
     """One function's Flask app served by gunicorn on loopback."""
 
-    def __init__(self, settings: Settings, function: str, port: int,
-                 start_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self, settings: Settings, function: str, port: int, start_timeout_s: float = 180.0
+    ) -> None:
         self.settings = settings
         self.name = function
         self.port = port
@@ -49,9 +50,20 @@ class GunicornFunction:
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{self.port}",
-                "--worker-class", "gthread", "--threads", "8", "--timeout", "660",
-                f"functions.{self.name}.app:create_app()"]
+        return [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "--worker-class",
+            "gthread",
+            "--threads",
+            "8",
+            "--timeout",
+            "660",
+            f"functions.{self.name}.app:create_app()",
+        ]
 
     def start(self) -> None:
         if self.proc.pid() is not None and self.healthy():
@@ -59,8 +71,11 @@ class GunicornFunction:
         self.proc.stop()
         require_free(self.port, f"{self.name}_port", f"the {self.name} function")
         self.proc.start(self.argv(), env=child_env(self.settings), cwd=REPO)
-        self.proc.wait_until(self.healthy, f"the {self.name} function at {self.address} to be "
-                             "ready", self.start_timeout_s)
+        self.proc.wait_until(
+            self.healthy,
+            f"the {self.name} function at {self.address} to be ready",
+            self.start_timeout_s,
+        )
 
     def healthy(self) -> bool:
         return readiness_status(self.address) == 200
@@ -88,10 +103,12 @@ class BridgeProcess:
             return
         self.proc.stop()
         (Path(self.settings.state_dir) / "bridge" / "status.json").unlink(missing_ok=True)
-        self.proc.start([sys.executable, "-m", "kafkaml.dev.bridge"],
-                        env=child_env(self.settings), cwd=REPO)
-        self.proc.wait_until(self.healthy, "the KafkaSource bridge to run its sources",
-                             self.start_timeout_s)
+        self.proc.start(
+            [sys.executable, "-m", "kafkaml.dev.bridge"], env=child_env(self.settings), cwd=REPO
+        )
+        self.proc.wait_until(
+            self.healthy, "the KafkaSource bridge to run its sources", self.start_timeout_s
+        )
 
     def healthy(self) -> bool:
         pid = self.proc.pid()

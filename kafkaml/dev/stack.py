@@ -44,10 +44,17 @@ def isolated_settings(state_dir: str, bucket: str = "kml", **overrides) -> Setti
 
     kafka, minio = free_port(), free_port()
     values = dict(
-        state_dir=state_dir, kafka_port=kafka, kafka_controller_port=free_port(),
-        minio_port=minio, minio_console_port=free_port(),
-        kafka_bootstrap=f"127.0.0.1:{kafka}", s3_endpoint=f"http://127.0.0.1:{minio}",
-        bucket=bucket, register_port=free_port(), train_port=free_port(), infer_port=free_port(),
+        state_dir=state_dir,
+        kafka_port=kafka,
+        kafka_controller_port=free_port(),
+        minio_port=minio,
+        minio_console_port=free_port(),
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        s3_endpoint=f"http://127.0.0.1:{minio}",
+        bucket=bucket,
+        register_port=free_port(),
+        train_port=free_port(),
+        infer_port=free_port(),
     )
     values.update(overrides)
     cache = {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"}

@@ -75,8 +75,14 @@ def kafka_libs(cache_dir: Path) -> Path:
     with resources.as_file(pom) as pom_path:
         _run(
             [
-                mvn, "-q", "-B", "-f", str(pom_path), "dependency:copy-dependencies",
-                f"-DoutputDirectory={libs}", "-DincludeScope=runtime",
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom_path),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={libs}",
+                "-DincludeScope=runtime",
                 f"-Dkafka.version={KAFKA_VERSION}",
             ],
             f"fetching the Kafka {KAFKA_VERSION} jars with mvn",

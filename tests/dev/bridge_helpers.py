@@ -46,8 +46,11 @@ DROP = (-1, {}, b"")
 class Recorder:
     """An HTTP sink that records every request and answers what ``script`` says."""
 
-    def __init__(self, script: Callable[[Received, int], Answer] | None = None,
-                 hold: Callable[[Received], bool] | None = None) -> None:
+    def __init__(
+        self,
+        script: Callable[[Received, int], Answer] | None = None,
+        hold: Callable[[Received], bool] | None = None,
+    ) -> None:
         self.script = script or (lambda req, n: (200, {}, b""))
         self.hold = hold or (lambda req: False)
         self.release = threading.Event()
@@ -62,8 +65,13 @@ class Recorder:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                req = Received(time.monotonic(), self.path, "POST",
-                               {k.lower(): v for k, v in self.headers.items()}, body)
+                req = Received(
+                    time.monotonic(),
+                    self.path,
+                    "POST",
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                )
                 recorder._handle(self, req)
 
             def log_message(self, *args: Any) -> None:
@@ -81,8 +89,11 @@ class Recorder:
     def _handle(self, handler: BaseHTTPRequestHandler, req: Received) -> None:
         with self._lock:
             self.received.append(req)
-            attempt = sum(1 for r in self.received if r.ce.get("id") == req.ce.get("id")
-                          and r.ce.get("source") == req.ce.get("source"))
+            attempt = sum(
+                1
+                for r in self.received
+                if r.ce.get("id") == req.ce.get("id") and r.ce.get("source") == req.ce.get("source")
+            )
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -106,8 +117,9 @@ class Recorder:
         handler.end_headers()
         handler.wfile.write(body)
 
-    def wait_for(self, n: int, timeout: float = 30.0,
-                 where: Callable[[Received], bool] = lambda r: True) -> list[Received]:
+    def wait_for(
+        self, n: int, timeout: float = 30.0, where: Callable[[Received], bool] = lambda r: True
+    ) -> list[Received]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             got = [r for r in list(self.received) if where(r)]
@@ -123,21 +135,35 @@ class Recorder:
         self.server.server_close()
 
 
-def kafka_source(name: str, topics: list[str], sink: str, *, delivery: Any = "default",
-                 ordering: str | None = "ordered", labels: dict[str, str] | None = None,
-                 ce_overrides: dict[str, str] | None = None, group: str | None = None,
-                 dead_letter: dict[str, Any] | None = None) -> dict[str, Any]:
+def kafka_source(
+    name: str,
+    topics: list[str],
+    sink: str,
+    *,
+    delivery: Any = "default",
+    ordering: str | None = "ordered",
+    labels: dict[str, str] | None = None,
+    ce_overrides: dict[str, str] | None = None,
+    group: str | None = None,
+    dead_letter: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A KafkaSource manifest; ``delivery=None`` leaves ``spec.delivery`` out."""
     spec: dict[str, Any] = {
-        "bootstrapServers": ["cluster-kafka-bootstrap:9092"], "topics": topics,
-        "consumerGroup": group or f"g-{name}", "initialOffset": "earliest",
+        "bootstrapServers": ["cluster-kafka-bootstrap:9092"],
+        "topics": topics,
+        "consumerGroup": group or f"g-{name}",
+        "initialOffset": "earliest",
         "sink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": sink}},
     }
     if ordering:
         spec["ordering"] = ordering
     if delivery == "default":
-        delivery = {"retry": 2, "backoffPolicy": "exponential", "backoffDelay": "PT0.01S",
-                    "timeout": "PT5S"}
+        delivery = {
+            "retry": 2,
+            "backoffPolicy": "exponential",
+            "backoffDelay": "PT0.01S",
+            "timeout": "PT5S",
+        }
     if delivery is not None:
         spec["delivery"] = dict(delivery)
         if dead_letter:
@@ -147,31 +173,54 @@ def kafka_source(name: str, topics: list[str], sink: str, *, delivery: Any = "de
     meta: dict[str, Any] = {"name": name, "namespace": NAMESPACE}
     if labels:
         meta["labels"] = labels
-    return {"apiVersion": "sources.knative.dev/v1beta1", "kind": "KafkaSource",
-            "metadata": meta, "spec": spec}
+    return {
+        "apiVersion": "sources.knative.dev/v1beta1",
+        "kind": "KafkaSource",
+        "metadata": meta,
+        "spec": spec,
+    }
 
 
 def kafka_sink(name: str, topic: str) -> dict[str, Any]:
-    return {"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"topic": topic, "bootstrapServers": ["x:9092"], "contentMode": "binary"}}
+    return {
+        "apiVersion": "eventing.knative.dev/v1alpha1",
+        "kind": "KafkaSink",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"topic": topic, "bootstrapServers": ["x:9092"], "contentMode": "binary"},
+    }
 
 
 def write_kustomization(root: Path, docs: list[dict[str, Any]]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "resources.yaml").write_text(yaml.safe_dump_all(docs))
-    (root / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["resources.yaml"]}))
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["resources.yaml"],
+            }
+        )
+    )
     return root
 
 
-def start_bridge(settings: Settings, tmp_path: Path, docs: list[dict[str, Any]],
-                 urls: dict[str, str], commit_interval_s: float = 0.3) -> Bridge:
+def start_bridge(
+    settings: Settings,
+    tmp_path: Path,
+    docs: list[dict[str, Any]],
+    urls: dict[str, str],
+    commit_interval_s: float = 0.3,
+) -> Bridge:
     manifests = write_kustomization(tmp_path / "manifests", docs)
     state = settings.replace(state_dir=str(tmp_path / "state"))
-    bridge = Bridge(state, manifests, commit_interval_s=commit_interval_s,
-                    rescan_interval_s=0.5, fixed_urls=urls)
+    bridge = Bridge(
+        state,
+        manifests,
+        commit_interval_s=commit_interval_s,
+        rescan_interval_s=0.5,
+        fixed_urls=urls,
+    )
     bridge.start()
     return bridge
 
@@ -186,9 +235,14 @@ def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
     """Each record: value, and optionally key, headers, partition, timestamp (ms)."""
     producer = Producer({"bootstrap.servers": bootstrap})
     for r in records:
-        producer.produce(topic, value=r.get("value"), key=r.get("key"),
-                         headers=r.get("headers"), partition=r.get("partition", 0),
-                         timestamp=r.get("timestamp", 0))
+        producer.produce(
+            topic,
+            value=r.get("value"),
+            key=r.get("key"),
+            headers=r.get("headers"),
+            partition=r.get("partition", 0),
+            timestamp=r.get("timestamp", 0),
+        )
     assert producer.flush(30) == 0
 
 

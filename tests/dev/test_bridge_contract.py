@@ -26,9 +26,15 @@ from tests.dev.bridge_helpers import (
 pytestmark = pytest.mark.integration
 
 TS = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
-STRUCTURED_EVENT = {"specversion": "1.0", "id": "s-1", "source": "/producer",
-                    "type": "my.structured", "datacontenttype": "application/json",
-                    "myext": "yes", "data": {"a": [1, 2]}}
+STRUCTURED_EVENT = {
+    "specversion": "1.0",
+    "id": "s-1",
+    "source": "/producer",
+    "type": "my.structured",
+    "datacontenttype": "application/json",
+    "myext": "yes",
+    "data": {"a": [1, 2]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,29 +48,72 @@ def delivered(stack, tmp_path_factory):
         create_topic(stack.kafka_bootstrap, topic)
     recorder = Recorder()
     docs = [kafka_source("attrs", [main], "rec", ce_overrides={"team": "ml", "stage": "test"})]
-    for label, topic in (("int", keys["int"]), ("float", keys["float"]),
-                         ("byte-array", keys["byte"])):
-        docs.append(kafka_source(f"keys-{label}", [topic], "rec", labels={
-            "kafkasources.sources.knative.dev/key-type": label}))
-    produce(stack.kafka_bootstrap, main, [
-        {"partition": 1, "timestamp": TS, "key": b"dep-7", "value": b'{"x": 1}',
-         "headers": [("Content-Type", b"Application/JSON"), ("X-Trace_Id.9", b"abc"),
-                     ("retries", b"3")]},
-        {"partition": 2, "timestamp": TS + 1000, "value": b"\x00\x01raw"},
-        {"partition": 0, "timestamp": TS, "key": b"k", "value": b"hello",
-         "headers": [("ce_specversion", b"1.0"), ("ce_id", b"b-1"), ("ce_source", b"/mine"),
-                     ("ce_type", b"my.binary"), ("ce_myext", b"v"),
-                     ("content-type", b"text/plain")]},
-        {"partition": 0, "timestamp": TS, "key": b"k2",
-         "value": json.dumps(STRUCTURED_EVENT).encode(),
-         "headers": [("content-type", b"application/cloudevents+json")]},
-        {"partition": 0, "timestamp": TS, "value": json.dumps(STRUCTURED_EVENT).encode()},
-    ])
-    produce(stack.kafka_bootstrap, keys["int"], [
-        {"key": struct.pack(">i", -42), "value": b"i"}, {"key": b"12345", "value": b"i"}])
-    produce(stack.kafka_bootstrap, keys["float"], [
-        {"key": struct.pack(">f", 1.5), "value": b"f"},
-        {"key": struct.pack(">d", 0.1), "value": b"f"}])
+    for label, topic in (
+        ("int", keys["int"]),
+        ("float", keys["float"]),
+        ("byte-array", keys["byte"]),
+    ):
+        docs.append(
+            kafka_source(
+                f"keys-{label}",
+                [topic],
+                "rec",
+                labels={"kafkasources.sources.knative.dev/key-type": label},
+            )
+        )
+    produce(
+        stack.kafka_bootstrap,
+        main,
+        [
+            {
+                "partition": 1,
+                "timestamp": TS,
+                "key": b"dep-7",
+                "value": b'{"x": 1}',
+                "headers": [
+                    ("Content-Type", b"Application/JSON"),
+                    ("X-Trace_Id.9", b"abc"),
+                    ("retries", b"3"),
+                ],
+            },
+            {"partition": 2, "timestamp": TS + 1000, "value": b"\x00\x01raw"},
+            {
+                "partition": 0,
+                "timestamp": TS,
+                "key": b"k",
+                "value": b"hello",
+                "headers": [
+                    ("ce_specversion", b"1.0"),
+                    ("ce_id", b"b-1"),
+                    ("ce_source", b"/mine"),
+                    ("ce_type", b"my.binary"),
+                    ("ce_myext", b"v"),
+                    ("content-type", b"text/plain"),
+                ],
+            },
+            {
+                "partition": 0,
+                "timestamp": TS,
+                "key": b"k2",
+                "value": json.dumps(STRUCTURED_EVENT).encode(),
+                "headers": [("content-type", b"application/cloudevents+json")],
+            },
+            {"partition": 0, "timestamp": TS, "value": json.dumps(STRUCTURED_EVENT).encode()},
+        ],
+    )
+    produce(
+        stack.kafka_bootstrap,
+        keys["int"],
+        [{"key": struct.pack(">i", -42), "value": b"i"}, {"key": b"12345", "value": b"i"}],
+    )
+    produce(
+        stack.kafka_bootstrap,
+        keys["float"],
+        [
+            {"key": struct.pack(">f", 1.5), "value": b"f"},
+            {"key": struct.pack(">d", 0.1), "value": b"f"},
+        ],
+    )
     produce(stack.kafka_bootstrap, keys["byte"], [{"key": b"\xff\x00\x01", "value": b"b"}])
     bridge = start_bridge(stack, tmp, docs, {"rec": recorder.url})
     try:
@@ -83,7 +132,9 @@ def delivered(stack, tmp_path_factory):
         return hits[0]
 
     return {
-        "topic": main, "all": got, "source": source,
+        "topic": main,
+        "all": got,
+        "source": source,
         "raw": find(source=source, id="partition:1/offset:0"),
         "raw_plain": find(source=source, id="partition:2/offset:0"),
         "binary_ce": find(id="b-1"),
@@ -142,11 +193,14 @@ def test_row_key_and_partitionkey_extensions_string_by_default(delivered):
     assert "key" not in delivered["raw_plain"].ce  # a record without a key has none
 
 
-@pytest.mark.parametrize("label, expected", [
-    ("int", ["-42", "12345"]),       # 4 bytes big-endian; other lengths fall back to string
-    ("float", ["1.5", "0.1"]),       # 4-byte float, 8-byte double
-    ("byte", [base64.b64encode(b"\xff\x00\x01").decode()]),
-])
+@pytest.mark.parametrize(
+    "label, expected",
+    [
+        ("int", ["-42", "12345"]),  # 4 bytes big-endian; other lengths fall back to string
+        ("float", ["1.5", "0.1"]),  # 4-byte float, 8-byte double
+        ("byte", [base64.b64encode(b"\xff\x00\x01").decode()]),
+    ],
+)
 def test_row_key_type_label_selects_int_float_or_byte_array(delivered, label, expected):
     got = [r.ce["key"] for r in delivered[label]]
     assert got == expected

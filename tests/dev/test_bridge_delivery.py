@@ -67,15 +67,22 @@ def gaps(reqs) -> list[float]:
 
 def test_row_success_is_any_status_below_300_and_the_reply_is_discarded(env):
     answers = iter([200, 201, 202, 204, 299])
-    sink = env.recorder(lambda req, n: (next(answers), {"ce-type": "reply", "ce-id": "r",
-                                                        "ce-source": "/r", "ce-specversion": "1.0"},
-                                        b"reply body"))
+    sink = env.recorder(
+        lambda req, n: (
+            next(answers),
+            {"ce-type": "reply", "ce-id": "r", "ce-source": "/r", "ce-specversion": "1.0"},
+            b"reply body",
+        )
+    )
     env.records([b"a", b"b", b"c", b"d", b"e"])
-    env.bridge([kafka_source("ok", [env.topic], "sink", group="g-ok-" + env.topic)],
-               {"sink": sink.url})
+    env.bridge(
+        [kafka_source("ok", [env.topic], "sink", group="g-ok-" + env.topic)], {"sink": sink.url}
+    )
     sink.wait_for(5)
-    eventually(lambda: committed(env.bootstrap, "g-ok-" + env.topic, env.topic) == [5],
-               what="offset 5 committed")
+    eventually(
+        lambda: committed(env.bootstrap, "g-ok-" + env.topic, env.topic) == [5],
+        what="offset 5 committed",
+    )
     assert len(sink.received) == 5  # no retry of any 2xx, and the reply went nowhere
 
 
@@ -110,8 +117,10 @@ def test_row_other_3xx_4xx_go_straight_to_the_dead_letter_sink(env, code):
     sink = env.recorder(lambda req, n: (code, headers, b""))
     dls = env.recorder()
     env.records([b"x"])
-    env.bridge([kafka_source("dl", [env.topic], "sink", dead_letter=DLS)],
-               {"sink": sink.url, "dls": dls.url})
+    env.bridge(
+        [kafka_source("dl", [env.topic], "sink", dead_letter=DLS)],
+        {"sink": sink.url, "dls": dls.url},
+    )
     dead = dls.wait_for(1)[0]
     assert len(sink.received) == 1
     assert dead.ce["knativeerrorcode"] == str(code)
@@ -148,7 +157,8 @@ def test_row_backoff_linear_is_delay_times_n_without_jitter(env):
 def test_row_no_delivery_means_10_retries_exponential_pt0_3s_timeout_600s(env):
     doc = kafka_source("defaults", [env.topic], "sink", delivery=None)
     assert parse_kafka_source(doc).delivery == DeliveryPolicy(
-        retry=10, backoff_policy="exponential", backoff_delay_s=0.3, timeout_s=600.0)
+        retry=10, backoff_policy="exponential", backoff_delay_s=0.3, timeout_s=600.0
+    )
     sink = env.recorder(statuses(503, 503))
     env.records([b"x"])
     env.bridge([doc], {"sink": sink.url})
@@ -159,14 +169,24 @@ def test_row_no_delivery_means_10_retries_exponential_pt0_3s_timeout_600s(env):
 
 def test_row_delivery_unset_fields_are_not_merged_with_the_defaults(env):
     only_dls = parse_kafka_source(kafka_source("a", ["t"], "s", delivery={}, dead_letter=DLS))
-    assert (only_dls.delivery.retry, only_dls.delivery.backoff_delay_s,
-            only_dls.delivery.timeout_s) == (0, 0.2, 600.0)
+    assert (
+        only_dls.delivery.retry,
+        only_dls.delivery.backoff_delay_s,
+        only_dls.delivery.timeout_s,
+    ) == (0, 0.2, 600.0)
     sink, dls = env.recorder(statuses(500, 500, 500)), env.recorder()
     env.records([b"x"])
-    env.bridge([kafka_source("nomerge", [env.topic], "sink", delivery={}, dead_letter=DLS),
-                kafka_source("retry2", [env.topic], "sink2", delivery={"retry": 2})],
-               {"sink": sink.url, "dls": dls.url, "sink2": (sink2 := env.recorder(
-                   statuses(500, 500))).url})
+    env.bridge(
+        [
+            kafka_source("nomerge", [env.topic], "sink", delivery={}, dead_letter=DLS),
+            kafka_source("retry2", [env.topic], "sink2", delivery={"retry": 2}),
+        ],
+        {
+            "sink": sink.url,
+            "dls": dls.url,
+            "sink2": (sink2 := env.recorder(statuses(500, 500))).url,
+        },
+    )
     dls.wait_for(1)
     assert len(sink.received) == 1  # no retry: 0, not 10
     got = gaps(sink2.wait_for(3))
@@ -176,12 +196,15 @@ def test_row_delivery_unset_fields_are_not_merged_with_the_defaults(env):
 
 def test_row_dead_letter_sink_gets_knativeerror_extensions_and_kne_headers(env):
     body = bytes(range(256)) * 8  # 2048 bytes
-    sink = env.recorder(lambda req, n: (422, {"kne-reason": "bad-model", "KNE-Detail": "x y"},
-                                        body))
+    sink = env.recorder(
+        lambda req, n: (422, {"kne-reason": "bad-model", "KNE-Detail": "x y"}, body)
+    )
     dls = env.recorder()
     env.records([b"payload"], key=b"dep-1")
-    env.bridge([kafka_source("dle", [env.topic], "sink", dead_letter=DLS)],
-               {"sink": sink.url, "dls": dls.url})
+    env.bridge(
+        [kafka_source("dle", [env.topic], "sink", dead_letter=DLS)],
+        {"sink": sink.url, "dls": dls.url},
+    )
     dead = dls.wait_for(1)[0]
     assert dead.ce["knativeerrordest"] == sink.url
     assert dead.ce["knativeerrorcode"] == "422"
@@ -195,8 +218,10 @@ def test_row_dead_letter_after_connection_errors_has_only_the_destination(env):
     sink = env.recorder(lambda req, n: DROP)
     dls = env.recorder()
     env.records([b"x"])
-    env.bridge([kafka_source("dlc", [env.topic], "sink", dead_letter=DLS)],
-               {"sink": sink.url, "dls": dls.url})
+    env.bridge(
+        [kafka_source("dlc", [env.topic], "sink", dead_letter=DLS)],
+        {"sink": sink.url, "dls": dls.url},
+    )
     dead = dls.wait_for(1)[0]
     assert len(sink.received) == 3  # 1 + retry 2
     assert dead.ce["knativeerrordest"] == sink.url
@@ -209,10 +234,17 @@ def test_row_dead_letter_kafka_sink_receives_a_binary_mode_kafka_cloudevent(env)
     sink = env.recorder(lambda req, n: (400, {}, b'{"error": "bad"}'))
     env.records([b"payload"], key=b"k1")
     ref = {"apiVersion": "eventing.knative.dev/v1alpha1", "kind": "KafkaSink", "name": "dlq"}
-    env.bridge([kafka_sink("dlq", dlq), kafka_source("dlk", [env.topic], "sink", dead_letter=ref)],
-               {"sink": sink.url})
-    consumer = Consumer({"bootstrap.servers": env.bootstrap, "group.id": "read-" + dlq,
-                         "auto.offset.reset": "earliest"})
+    env.bridge(
+        [kafka_sink("dlq", dlq), kafka_source("dlk", [env.topic], "sink", dead_letter=ref)],
+        {"sink": sink.url},
+    )
+    consumer = Consumer(
+        {
+            "bootstrap.servers": env.bootstrap,
+            "group.id": "read-" + dlq,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([dlq])
     try:
         msg = eventually(lambda: consumer.poll(0.5), what="a record on the dead-letter topic")
@@ -229,11 +261,15 @@ def test_row_offsets_highest_contiguous_finished_offset_is_committed(env):
     sink = env.recorder(hold=lambda req: req.ce["knativekafkaoffset"] == "1")
     env.records([b"0", b"1", b"2", b"3", b"4"])
     group = "g-contig-" + env.topic
-    env.bridge([kafka_source("contig", [env.topic], "sink", ordering="unordered", group=group)],
-               {"sink": sink.url})
+    env.bridge(
+        [kafka_source("contig", [env.topic], "sink", ordering="unordered", group=group)],
+        {"sink": sink.url},
+    )
     sink.wait_for(5)
-    eventually(lambda: committed(env.bootstrap, group, env.topic) == [1],
-               what="commit stops before the unfinished offset 1")
+    eventually(
+        lambda: committed(env.bootstrap, group, env.topic) == [1],
+        what="commit stops before the unfinished offset 1",
+    )
     sink.release.set()
     eventually(lambda: committed(env.bootstrap, group, env.topic) == [5], what="commit 5")
 
@@ -242,11 +278,20 @@ def test_row_offsets_are_committed_on_rebalance(env):
     sink = env.recorder()
     env.records([b"0", b"1", b"2"], partitions=2, partition=1)
     group = "g-rebal-" + env.topic
-    env.bridge([kafka_source("rebal", [env.topic], "sink", group=group)], {"sink": sink.url},
-               commit_interval_s=3600)  # only a rebalance can commit here
+    env.bridge(
+        [kafka_source("rebal", [env.topic], "sink", group=group)],
+        {"sink": sink.url},
+        commit_interval_s=3600,
+    )  # only a rebalance can commit here
     sink.wait_for(3)
-    other = Consumer({"bootstrap.servers": env.bootstrap, "group.id": group,
-                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    other = Consumer(
+        {
+            "bootstrap.servers": env.bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     other.subscribe([env.topic])
 
     def rebalanced() -> bool:
@@ -260,7 +305,8 @@ def test_row_offsets_are_committed_on_rebalance(env):
 
 
 def test_row_finished_after_retries_run_out_without_dead_letter_sink_dropped_and_logged(
-        env, caplog):
+    env, caplog
+):
     caplog.set_level(logging.ERROR, logger="kml.bridge")
     sink = env.recorder(lambda req, n: (500 if req.body == b"bad" else 200, {}, b""))
     env.records([b"bad", b"good"])
@@ -268,19 +314,26 @@ def test_row_finished_after_retries_run_out_without_dead_letter_sink_dropped_and
     env.bridge([kafka_source("drop", [env.topic], "sink", group=group)], {"sink": sink.url})
     eventually(lambda: committed(env.bootstrap, group, env.topic) == [2], what="both finished")
     assert [r.body for r in sink.received] == [b"bad"] * 3 + [b"good"]
-    assert any("dropped" in r.getMessage() and getattr(r, "fields", {}).get("offset") == 0
-               for r in caplog.records)
+    assert any(
+        "dropped" in r.getMessage() and getattr(r, "fields", {}).get("offset") == 0
+        for r in caplog.records
+    )
 
 
 def test_row_ordered_keeps_one_event_in_flight_per_partition(env):
     sink = env.recorder(lambda req, n: (503 if req.body == b"p0-0" else 200, {}, b""))
     dls = env.recorder()
     create_topic(env.bootstrap, env.topic, 2)
-    produce(env.bootstrap, env.topic, [{"value": f"p{p}-{i}".encode(), "partition": p}
-                                       for p in (0, 1) for i in range(3)])
+    produce(
+        env.bootstrap,
+        env.topic,
+        [{"value": f"p{p}-{i}".encode(), "partition": p} for p in (0, 1) for i in range(3)],
+    )
     delivery = {"retry": 3, "backoffDelay": "PT0.1S"}
-    env.bridge([kafka_source("ord", [env.topic], "sink", delivery=delivery, dead_letter=DLS)],
-               {"sink": sink.url, "dls": dls.url})
+    env.bridge(
+        [kafka_source("ord", [env.topic], "sink", delivery=delivery, dead_letter=DLS)],
+        {"sink": sink.url, "dls": dls.url},
+    )
     reqs = sink.wait_for(9)
     p0 = [r.body for r in reqs if r.body.startswith(b"p0")]
     assert p0 == [b"p0-0"] * 4 + [b"p0-1", b"p0-2"]  # the failing event blocked its partition
@@ -292,8 +345,9 @@ def test_row_ordered_keeps_one_event_in_flight_per_partition(env):
 def test_row_unordered_allows_up_to_50_in_flight(env):
     sink = env.recorder(hold=lambda req: True)
     env.records([str(i).encode() for i in range(80)])
-    env.bridge([kafka_source("unord", [env.topic], "sink", ordering="unordered")],
-               {"sink": sink.url})
+    env.bridge(
+        [kafka_source("unord", [env.topic], "sink", ordering="unordered")], {"sink": sink.url}
+    )
     sink.wait_for(50)
     eventually(lambda: sink.in_flight == 50, what="50 requests in flight")
     time.sleep(0.5)

@@ -15,8 +15,10 @@ from kafkaml.dev.bridge_offsets import OffsetTracker
 from kafkaml.dev.bridge_sources import DeliveryPolicy, SourceError, parse_duration
 
 
-@pytest.mark.parametrize("text, seconds", [("PT0.3S", 0.3), ("PT10M", 600), ("PT1H", 3600),
-                                           ("P1DT2S", 86402), ("PT600S", 600)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("PT0.3S", 0.3), ("PT10M", 600), ("PT1H", 3600), ("P1DT2S", 86402), ("PT600S", 600)],
+)
 def test_iso_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -42,8 +44,9 @@ def test_header_names_and_values():
 
 
 def test_dead_letter_data_is_cut_at_1024_bytes():
-    ext = error_extensions("http://x", Attempt(status=500, body=b"a" * 2000,
-                                               headers={"Kne-Why": "w"}))
+    ext = error_extensions(
+        "http://x", Attempt(status=500, body=b"a" * 2000, headers={"Kne-Why": "w"})
+    )
     assert len(ext["knativeerrordata"]) == 1368  # Base64 of 1024 bytes
     assert ext["why"] == "w" and ext["knativeerrorcode"] == "500"
 

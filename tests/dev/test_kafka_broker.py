@@ -28,8 +28,13 @@ def test_three_partitions_watermarks_and_exact_ranges(stack, unique):
     _create_topic(stack.kafka_bootstrap, topic)
     sent = _produce(stack.kafka_bootstrap, topic, 300)
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"g-{unique}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "group.id": f"g-{unique}",
+            "enable.auto.commit": False,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10)
     assert len(meta.topics[topic].partitions) == 3
     for p in range(3):
@@ -63,8 +68,12 @@ def test_consumer_group_commit_and_resume(stack, unique):
         _produce_one.produce(topic, value=str(i).encode(), partition=0)
     _produce_one.flush(30)
 
-    conf = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group,
-            "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    conf = {
+        "bootstrap.servers": stack.kafka_bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+    }
     first = Consumer(conf)
     first.subscribe([topic])
     seen: list[bytes] = []

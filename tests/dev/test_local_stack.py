@@ -21,11 +21,18 @@ def settings(tmp_path) -> Settings:
     kafka = free_port()
     return Settings.from_env(
         {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"},
-        state_dir=str(tmp_path / "state"), kafka_port=kafka, kafka_controller_port=free_port(),
-        minio_port=(minio := free_port()), minio_console_port=free_port(),
-        kafka_bootstrap=f"127.0.0.1:{kafka}", s3_endpoint=f"http://127.0.0.1:{minio}",
-        bucket="kml-stack-test", register_port=free_port(), train_port=free_port(),
-        infer_port=free_port(), local_parts="all",
+        state_dir=str(tmp_path / "state"),
+        kafka_port=kafka,
+        kafka_controller_port=free_port(),
+        minio_port=(minio := free_port()),
+        minio_console_port=free_port(),
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        s3_endpoint=f"http://127.0.0.1:{minio}",
+        bucket="kml-stack-test",
+        register_port=free_port(),
+        train_port=free_port(),
+        infer_port=free_port(),
+        local_parts="all",
     )
 
 
@@ -38,8 +45,10 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
         assert all(s.healthy for s in status.values()), status
         bridge = read_status(settings.state_dir)
         sinks = {s["name"]: s["sink"] for s in bridge["sources"]}
-        assert sinks == {"kml-models": f"http://127.0.0.1:{settings.register_port}",
-                         "kml-control": f"http://127.0.0.1:{settings.train_port}"}
+        assert sinks == {
+            "kml-models": f"http://127.0.0.1:{settings.register_port}",
+            "kml-control": f"http://127.0.0.1:{settings.train_port}",
+        }
         # A local inference process, as `kml deploy inference ID --local` leaves it.
         fake = Proc("infer", tmp_path / "state" / "infer-demo")
         fake.start([sys.executable, "-c", "import time; time.sleep(300)"])
@@ -50,6 +59,13 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
     assert stopped == ["inference", "bridge", "train", "register", "minio", "kafka"]
     assert fake.pid() is None
     assert all(p.proc.pid() is None for p in stack.parts)
-    assert not any(port_answers(port) for port in (settings.register_port, settings.train_port,
-                                                   settings.kafka_port, settings.minio_port))
+    assert not any(
+        port_answers(port)
+        for port in (
+            settings.register_port,
+            settings.train_port,
+            settings.kafka_port,
+            settings.minio_port,
+        )
+    )
     assert all(pid is not None for pid in pids)

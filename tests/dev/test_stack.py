@@ -19,19 +19,27 @@ KML = [sys.executable, "-m", "kafkaml.cli"]
 
 
 def _kml(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(KML + args, env={**os.environ, **env}, cwd=cwd, capture_output=True,
-                          text=True, timeout=240)
+    return subprocess.run(
+        KML + args, env={**os.environ, **env}, cwd=cwd, capture_output=True, text=True, timeout=240
+    )
 
 
 @pytest.mark.integration
 def test_up_status_down_twice_keeps_data(tmp_path, stack):
     # The session stack already fetched and built the parts; this one gets its own ports.
-    ports = {"KML_KAFKA_PORT": free_port(), "KML_KAFKA_CONTROLLER_PORT": free_port(),
-             "KML_MINIO_PORT": free_port(), "KML_MINIO_CONSOLE_PORT": free_port()}
+    ports = {
+        "KML_KAFKA_PORT": free_port(),
+        "KML_KAFKA_CONTROLLER_PORT": free_port(),
+        "KML_MINIO_PORT": free_port(),
+        "KML_MINIO_CONSOLE_PORT": free_port(),
+    }
     env = {k: str(v) for k, v in ports.items()}
-    env.update(KML_KAFKA_BOOTSTRAP=f"127.0.0.1:{ports['KML_KAFKA_PORT']}",
-               KML_S3_ENDPOINT=f"http://127.0.0.1:{ports['KML_MINIO_PORT']}",
-               KML_STATE_DIR=str(tmp_path / "state"), KML_LOCAL_PARTS="infrastructure")
+    env.update(
+        KML_KAFKA_BOOTSTRAP=f"127.0.0.1:{ports['KML_KAFKA_PORT']}",
+        KML_S3_ENDPOINT=f"http://127.0.0.1:{ports['KML_MINIO_PORT']}",
+        KML_STATE_DIR=str(tmp_path / "state"),
+        KML_LOCAL_PARTS="infrastructure",
+    )
     settings = Settings.from_env(env)
 
     for round_ in (1, 2):
@@ -54,8 +62,13 @@ def test_up_status_down_twice_keeps_data(tmp_path, stack):
             store.put("kept/object", b"still here")
         else:
             assert store.get("kept/object").body == b"still here"
-            consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "k",
-                                 "auto.offset.reset": "earliest"})
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": settings.kafka_bootstrap,
+                    "group.id": "k",
+                    "auto.offset.reset": "earliest",
+                }
+            )
             consumer.subscribe(["kept"])
             values = []
             for _ in range(30):
@@ -79,8 +92,9 @@ def test_taken_port_names_the_port_and_the_setting(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        settings = Settings(state_dir=str(tmp_path), kafka_port=port,
-                            kafka_controller_port=free_port())
+        settings = Settings(
+            state_dir=str(tmp_path), kafka_port=port, kafka_controller_port=free_port()
+        )
         with pytest.raises(StackError) as e:
             KafkaBroker(settings).start()
     assert str(port) in str(e.value) and "KML_KAFKA_PORT" in str(e.value)

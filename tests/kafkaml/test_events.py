@@ -11,8 +11,9 @@ from kafkaml.events import new_event, parse_http, to_http
 @pytest.mark.parametrize("structured", [False, True])
 @pytest.mark.parametrize("data", [{"instances": [[1, 2]]}, [[0.5, 1.5], [2.5, 3.5]], 7])
 def test_json_data_round_trips_in_both_modes(structured, data):
-    headers, body = to_http(new_event("kml.inference.request", "/test", data, subject="s1"),
-                            structured=structured)
+    headers, body = to_http(
+        new_event("kml.inference.request", "/test", data, subject="s1"), structured=structured
+    )
     event = parse_http(headers, body)
     assert event.type == "kml.inference.request" and event.source == "/test"
     assert event.json() == data
@@ -26,8 +27,14 @@ def test_binary_mode_keeps_raw_bytes_as_sent():
 
 
 def test_extensions_are_kept():
-    headers = {"ce-specversion": "1.0", "ce-id": "partition:0/offset:5", "ce-source": "/s",
-               "ce-type": "dev.knative.kafka.event", "ce-key": "7", "ce-kafkaheaderrunid": "r1"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "partition:0/offset:5",
+        "ce-source": "/s",
+        "ce-type": "dev.knative.kafka.event",
+        "ce-key": "7",
+        "ce-kafkaheaderrunid": "r1",
+    }
     event = parse_http(headers, b"{}")
     assert event.extensions["key"] == "7" and event.extensions["kafkaheaderrunid"] == "r1"
 
@@ -43,8 +50,13 @@ def test_a_missing_type_is_named():
 
 
 def test_invalid_json_data_is_a_400_naming_the_problem():
-    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t",
-               "content-type": "application/json"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "/s",
+        "ce-type": "t",
+        "content-type": "application/json",
+    }
     with pytest.raises(BadRequest, match="not valid JSON") as e:
         parse_http(headers, b"{not json").json()
     assert e.value.status == 400

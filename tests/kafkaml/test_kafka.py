@@ -35,8 +35,11 @@ def test_reads_exactly_the_ranges_in_range_order(stack, unique):
     producer = _fill(stack.kafka_bootstrap, topic, 300)
     assert producer.delivered == 300
     assert producer.ranges(topic) == [OffsetRange(topic, p, 0, 100) for p in range(3)]
-    ranges = [OffsetRange(topic, 2, 95, 100), OffsetRange(topic, 0, 10, 25),
-              OffsetRange(topic, 1, 0, 0)]
+    ranges = [
+        OffsetRange(topic, 2, 95, 100),
+        OffsetRange(topic, 0, 10, 25),
+        OffsetRange(topic, 1, 0, 0),
+    ]
     got = read_offset_ranges(stack.kafka_bootstrap, ranges, timeout_s=10, batch_size=7)
     # partition p holds values i with i % 3 == p, at offset i // 3
     expected = [f"v{o * 3 + 2}" for o in range(95, 100)] + [f"v{o * 3}" for o in range(10, 25)]
@@ -52,8 +55,11 @@ def test_ranges_the_broker_does_not_hold_are_named(stack, unique):
     admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
     for fut in admin.delete_records([TopicPartition(topic, 0, 10)]).values():
         fut.result(timeout=30)
-    ranges = [OffsetRange(topic, 0, 5, 40), OffsetRange(topic, 3, 0, 1),
-              OffsetRange(f"missing-{unique}", 0, 0, 1)]
+    ranges = [
+        OffsetRange(topic, 0, 5, 40),
+        OffsetRange(topic, 3, 0, 1),
+        OffsetRange(f"missing-{unique}", 0, 0, 1),
+    ]
     with pytest.raises(OffsetRangeUnavailable) as caught:
         read_offset_ranges(stack.kafka_bootstrap, ranges, timeout_s=10)
     err = caught.value

@@ -19,15 +19,26 @@ from kafkaml.wire import (
     to_control_message_bytes,
 )
 
-RAW_CONFIG = {"data_type": "uint8", "label_type": "uint8", "data_reshape": "8 8",
-              "label_reshape": "1"}
+RAW_CONFIG = {
+    "data_type": "uint8",
+    "label_type": "uint8",
+    "data_reshape": "8 8",
+    "label_reshape": "1",
+}
 
 
 def kafka_ml_value(**changes) -> bytes:
     """Byte for byte what Kafka-ML's datasource library sends (``json.dumps`` of its dict)."""
-    body = {"topic": "digits:0:0:60,digits:1:10:50", "input_format": "RAW",
-            "description": "digits", "input_config": RAW_CONFIG, "validation_rate": 0.1,
-            "test_rate": 0.1, "total_msg": 100, **changes}
+    body = {
+        "topic": "digits:0:0:60,digits:1:10:50",
+        "input_format": "RAW",
+        "description": "digits",
+        "input_config": RAW_CONFIG,
+        "validation_rate": 0.1,
+        "test_rate": 0.1,
+        "total_msg": 100,
+        **changes,
+    }
     return json.dumps(body).encode("utf-8")
 
 
@@ -40,37 +51,67 @@ def test_kafka_ml_message_with_one_byte_key():
     assert msg.unsupervised_topic is None and msg.dataset_restrictions == {}
 
 
-@pytest.mark.parametrize("key,expected", [
-    (b"\x07", "7"), ("\x07", "7"), (b"42", "42"), ("300", "300"), (b"\xc8", "200"),
-    ("M", "77"), ("dep-a.1", "dep-a.1"), (b"dep_b", "dep_b"),
-])
+@pytest.mark.parametrize(
+    "key,expected",
+    [
+        (b"\x07", "7"),
+        ("\x07", "7"),
+        (b"42", "42"),
+        ("300", "300"),
+        (b"\xc8", "200"),
+        ("M", "77"),
+        ("dep-a.1", "dep-a.1"),
+        (b"dep_b", "dep_b"),
+    ],
+)
 def test_deployment_id_key_rule(key, expected):
     assert deployment_id_from_key(key) == (expected, None)
 
 
-@pytest.mark.parametrize("key,problem", [
-    (None, "missing"), (b"", "missing"), ("\ufffd", "cannot pass Knative"),
-    ("a/b", "is not a deployment id"), ("..", "is not a deployment id"),
-    (b"\xff\xfe", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "key,problem",
+    [
+        (None, "missing"),
+        (b"", "missing"),
+        ("\ufffd", "cannot pass Knative"),
+        ("a/b", "is not a deployment id"),
+        ("..", "is not a deployment id"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
+)
 def test_bad_keys_are_named(key, problem):
     deployment_id, why = deployment_id_from_key(key)
     assert deployment_id is None and problem in why
 
 
 def test_every_bad_field_is_listed_at_once():
-    value = json.dumps({"topic": "t:0:1:x,t:0:0:5,t:0:0:5", "input_format": "RAW",
-                        "input_config": {"data_type": "complex-ish", "data_reshape": "8 x"},
-                        "validation_rate": -0.1, "test_rate": "half", "total_msg": 3,
-                        "description": 5}).encode()
+    value = json.dumps(
+        {
+            "topic": "t:0:1:x,t:0:0:5,t:0:0:5",
+            "input_format": "RAW",
+            "input_config": {"data_type": "complex-ish", "data_reshape": "8 x"},
+            "validation_rate": -0.1,
+            "test_rate": "half",
+            "total_msg": 3,
+            "description": 5,
+        }
+    ).encode()
     with pytest.raises(InvalidControlMessage) as caught:
         parse_control_message(value, None)
     err = caught.value
     assert err.status == 422
     text = "\n".join(err.problems)
-    for expected in ("key: missing", "topic entry 0", "named twice", "input_config.data_type",
-                     "input_config.data_reshape", "input_config.label_type: required",
-                     "validation_rate", "test_rate", "description"):
+    for expected in (
+        "key: missing",
+        "topic entry 0",
+        "named twice",
+        "input_config.data_type",
+        "input_config.data_reshape",
+        "input_config.label_type: required",
+        "validation_rate",
+        "test_rate",
+        "description",
+    ):
         assert expected in text, expected
     assert err.to_dict()["problems"] == err.problems
 
@@ -104,8 +145,17 @@ def test_serialise_round_trip_and_stable_ids():
 def test_control_message_fields_have_kafka_ml_order():
     msg = ControlMessage("1", "t:0:0:2", "RAW", RAW_CONFIG, total_msg=2)
     assert list(json.loads(to_control_message_bytes(msg))) == [
-        "topic", "input_format", "description", "input_config", "validation_rate",
-        "test_rate", "total_msg", "unsupervised_topic", "dataset_restrictions", "incremental"]
+        "topic",
+        "input_format",
+        "description",
+        "input_config",
+        "validation_rate",
+        "test_rate",
+        "total_msg",
+        "unsupervised_topic",
+        "dataset_restrictions",
+        "incremental",
+    ]
 
 
 def test_raw_codec_decodes_a_batch_in_shape():
@@ -135,15 +185,27 @@ def test_raw_without_reshape_is_flat_and_float64_is_accepted():
 
 
 def test_avro_codec_schemaless_records():
-    data_schema = {"type": "record", "name": "d", "fields": [
-        {"name": "gender", "type": "float"}, {"name": "age", "type": "double"},
-        {"name": "smoking", "type": "int"}]}
-    label_schema = {"type": "record", "name": "l", "fields": [
-        {"name": "diagnosis", "type": "boolean"}]}
-    codec = codec_for("AVRO", {"data_scheme": json.dumps(data_schema),
-                               "label_scheme": str(label_schema)})  # Kafka-ML's quote style
-    rows = [({"gender": 1.0, "age": 0.5, "smoking": 3}, {"diagnosis": True}),
-            ({"gender": 0.0, "age": -1.0, "smoking": 0}, {"diagnosis": False})]
+    data_schema = {
+        "type": "record",
+        "name": "d",
+        "fields": [
+            {"name": "gender", "type": "float"},
+            {"name": "age", "type": "double"},
+            {"name": "smoking", "type": "int"},
+        ],
+    }
+    label_schema = {
+        "type": "record",
+        "name": "l",
+        "fields": [{"name": "diagnosis", "type": "boolean"}],
+    }
+    codec = codec_for(
+        "AVRO", {"data_scheme": json.dumps(data_schema), "label_scheme": str(label_schema)}
+    )  # Kafka-ML's quote style
+    rows = [
+        ({"gender": 1.0, "age": 0.5, "smoking": 3}, {"diagnosis": True}),
+        ({"gender": 0.0, "age": -1.0, "smoking": 0}, {"diagnosis": False}),
+    ]
     encoded = [codec.encode(x, y) for x, y in rows]
     assert codec.decode_features([v for v, _ in encoded]).tolist() == [[1, 0.5, 3], [0, -1, 0]]
     assert codec.decode_labels([k for _, k in encoded]).tolist() == [1, 0]
@@ -154,8 +216,15 @@ def test_avro_codec_schemaless_records():
 
 def test_avro_schema_problems_are_listed():
     with pytest.raises(InvalidControlMessage) as caught:
-        codec_for("AVRO", {"data_scheme": "{bad", "label_scheme": json.dumps(
-            {"type": "record", "name": "l", "fields": [{"name": "s", "type": "string"}]})})
+        codec_for(
+            "AVRO",
+            {
+                "data_scheme": "{bad",
+                "label_scheme": json.dumps(
+                    {"type": "record", "name": "l", "fields": [{"name": "s", "type": "string"}]}
+                ),
+            },
+        )
     text = " ".join(caught.value.problems)
     assert "data_scheme: not JSON" in text and "not numeric" in text
 

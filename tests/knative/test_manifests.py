@@ -40,8 +40,13 @@ def test_every_topic_has_a_kafka_topic_in_the_strimzi_overlay(path):
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
 @pytest.mark.parametrize("path", BUILDS)
 def test_python_build_equals_kubectl_kustomize(path):
-    out = subprocess.run(["kubectl", "kustomize", str(KNATIVE / path)], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KNATIVE / path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     theirs = {resource_id(d): d for d in yaml.safe_load_all(out) if d}
     mine = {resource_id(d): d for d in build(KNATIVE / path)}
     assert mine == theirs
@@ -59,8 +64,10 @@ def test_services_scale_to_zero_within_knative_limits():
         container = template["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
         assert {e.get("secretRef", {}).get("name") for e in container["envFrom"]} >= {"kml-s3"}
-    assert by_name(docs, "Service", "kml-train")["spec"]["template"]["spec"][
-        "containerConcurrency"] == 1
+    assert (
+        by_name(docs, "Service", "kml-train")["spec"]["template"]["spec"]["containerConcurrency"]
+        == 1
+    )
 
 
 def test_kafka_sources_have_group_explicit_delivery_ordering_and_dead_letter_topic():
@@ -90,8 +97,11 @@ def test_secrets_are_placeholders_and_settings_hold_none():
 def test_jobsink_overlay_routes_control_messages_to_the_batch_entry():
     docs = build(KNATIVE / "overlays/jobsink")
     control = by_name(docs, "KafkaSource", "kml-control")["spec"]
-    assert control["sink"]["ref"] == {"apiVersion": "sinks.knative.dev/v1alpha1",
-                                      "kind": "JobSink", "name": "kml-train-job"}
+    assert control["sink"]["ref"] == {
+        "apiVersion": "sinks.knative.dev/v1alpha1",
+        "kind": "JobSink",
+        "name": "kml-train-job",
+    }
     job = by_name(docs, "JobSink", "kml-train-job")["spec"]["job"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "functions.train"]
@@ -106,8 +116,10 @@ def test_overlays_point_settings_at_the_in_cluster_kafka_and_minio():
         if d["kind"] in ("KafkaSource", "KafkaSink"):
             assert d["spec"]["bootstrapServers"] == [bootstrap]
     minio = build(KNATIVE / "overlays/in-cluster-minio")
-    assert by_name(minio, "ConfigMap", "kml-settings")["data"]["KML_S3_ENDPOINT"] == \
-        "http://kml-minio.kml.svc:9000"
+    assert (
+        by_name(minio, "ConfigMap", "kml-settings")["data"]["KML_S3_ENDPOINT"]
+        == "http://kml-minio.kml.svc:9000"
+    )
     assert {d["kind"] for d in minio} >= {"Deployment", "PersistentVolumeClaim", "Secret"}
 
 

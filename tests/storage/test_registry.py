@@ -13,8 +13,12 @@ from storage.registry import Registry
 
 pytestmark = pytest.mark.integration
 
-DEFINITION = {"description": "tiny", "format": "keras_json", "keras_json": "{}",
-              "compile": {"optimizer": "adam", "loss": "mse", "metrics": []}}
+DEFINITION = {
+    "description": "tiny",
+    "format": "keras_json",
+    "keras_json": "{}",
+    "compile": {"optimizer": "adam", "loss": "mse", "metrics": []},
+}
 
 
 @pytest.fixture
@@ -54,8 +58,9 @@ def test_concurrent_same_version_exactly_one_wins(registry, unique):
     def register(i: int) -> None:
         barrier.wait()
         try:
-            results.append(registry.register_model(name, {**DEFINITION, "version": 1,
-                                                          "description": f"w{i}"}))
+            results.append(
+                registry.register_model(name, {**DEFINITION, "version": 1, "description": f"w{i}"})
+            )
         except Conflict as e:
             results.append(e)
 
@@ -73,8 +78,12 @@ def test_concurrent_same_version_exactly_one_wins(registry, unique):
 def test_concurrent_unversioned_registrations_get_distinct_versions(registry, unique):
     name = f"m-{unique}"
     versions: list[int] = []
-    threads = [threading.Thread(target=lambda: versions.append(
-        registry.register_model(name, DEFINITION)["version"])) for _ in range(3)]
+    threads = [
+        threading.Thread(
+            target=lambda: versions.append(registry.register_model(name, DEFINITION)["version"])
+        )
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -97,8 +106,9 @@ def test_configuration_pins_versions_and_deployment_resolves(registry, unique):
     conf = registry.create_configuration({"name": f"c-{unique}", "models": [a, f"{a}@1", b]})
     assert conf["models"] == [f"{a}@2", f"{a}@1", f"{b}@1"]
     registry.register_model(a, DEFINITION)  # a later version does not change the configuration
-    dep = registry.create_deployment({"id": f"d-{unique}", "configuration": f"c-{unique}",
-                                      "batch_size": 8, "epochs": 1})
+    dep = registry.create_deployment(
+        {"id": f"d-{unique}", "configuration": f"c-{unique}", "batch_size": 8, "epochs": 1}
+    )
     resolved = registry.resolve_models(dep)
     assert [(m["name"], m["version"]) for m in resolved] == [(a, 2), (a, 1), (b, 1)]
     assert registry.get_deployment(f"d-{unique}")["models"] == conf["models"]
@@ -108,8 +118,9 @@ def test_configuration_pins_versions_and_deployment_resolves(registry, unique):
 
 def test_configuration_with_unknown_refs_lists_each(registry, unique):
     with pytest.raises(ValidationFailed) as e:
-        registry.create_configuration({"name": f"c-{unique}",
-                                       "models": [f"x-{unique}", f"y-{unique}@2"]})
+        registry.create_configuration(
+            {"name": f"c-{unique}", "models": [f"x-{unique}", f"y-{unique}@2"]}
+        )
     assert len(e.value.problems) == 2
 
 
@@ -141,8 +152,9 @@ def test_run_claim_once_then_state_machine(registry, unique):
     running, etag2 = registry.update_run(run_id, etag, status="running")
     with pytest.raises(Conflict):  # stale etag: someone else already updated it
         registry.update_run(run_id, etag, status="running")
-    done, etag3 = registry.update_run(run_id, etag2, status="succeeded",
-                                      models={"m": {"metrics": {"loss": 0.1}}}, extra="kept")
+    done, etag3 = registry.update_run(
+        run_id, etag2, status="succeeded", models={"m": {"metrics": {"loss": 0.1}}}, extra="kept"
+    )
     assert done["status"] == "succeeded" and done["extra"] == "kept"
     with pytest.raises(Conflict):
         registry.update_run(run_id, etag3, status="running")
@@ -160,9 +172,18 @@ def test_transient_failure_may_be_retried_permanent_may_not():
 
 
 def test_inference_spec_requires_fields_and_is_unique(registry, unique):
-    spec = {"id": f"i-{unique}", "run_id": "r", "model": "m", "input_format": "RAW",
-            "input_config": {}, "input_topic": "in", "output_topic": "out", "min_scale": 0,
-            "max_scale": 2, "target_concurrency": 10}
+    spec = {
+        "id": f"i-{unique}",
+        "run_id": "r",
+        "model": "m",
+        "input_format": "RAW",
+        "input_config": {},
+        "input_topic": "in",
+        "output_topic": "out",
+        "min_scale": 0,
+        "max_scale": 2,
+        "target_concurrency": 10,
+    }
     assert registry.create_inference(spec)["id"] == f"i-{unique}"
     with pytest.raises(Conflict):
         registry.create_inference(spec)

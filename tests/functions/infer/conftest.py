@@ -38,11 +38,20 @@ class Digits:
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory) -> Digits:
     out = tmp_path_factory.mktemp("digits-model")
-    done = subprocess.run([sys.executable, "-m", "tests.functions.infer.make_model", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.functions.infer.make_model", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    return Digits(out, np.load(out / "inputs.npy"), np.load(out / "labels.npy"),
-                  np.load(out / "keras_predictions.npy"))
+    return Digits(
+        out,
+        np.load(out / "inputs.npy"),
+        np.load(out / "labels.npy"),
+        np.load(out / "keras_predictions.npy"),
+    )
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,9 @@ class Deployment:
         return self.spec["id"]
 
 
-def deploy(stack: Settings, digits: Digits, cache_dir: Path, *, tflite: bool,
-           partitions: int = 3) -> Deployment:
+def deploy(
+    stack: Settings, digits: Digits, cache_dir: Path, *, tflite: bool, partitions: int = 3
+) -> Deployment:
     """Upload the run's artifacts, create the inference spec and its topics."""
     unique = uuid.uuid4().hex[:8]
     registry = Registry.from_settings(stack)
@@ -64,16 +74,27 @@ def deploy(stack: Settings, digits: Digits, cache_dir: Path, *, tflite: bool,
     run_id = f"run-{unique}"
     files = ["model.keras", "model.tflite"] if tflite else ["model.keras"]
     for filename in files:
-        registry.store.put(registry.run_artifact_key(run_id, MODEL, filename),
-                           (digits.folder / filename).read_bytes())
-    spec = registry.create_inference({
-        "id": f"inf-{unique}", "run_id": run_id, "model": MODEL, "input_format": "RAW",
-        "input_config": {"data_type": "float32", "data_reshape": "8 8"},
-        "input_topic": f"in-{unique}", "output_topic": f"out-{unique}",
-        "min_scale": 0, "max_scale": 3, "target_concurrency": 16,
-    })
-    settings = stack.replace(inference_id=spec["id"], dlq_topic=f"dlq-{unique}",
-                             model_cache_dir=str(cache_dir))
+        registry.store.put(
+            registry.run_artifact_key(run_id, MODEL, filename),
+            (digits.folder / filename).read_bytes(),
+        )
+    spec = registry.create_inference(
+        {
+            "id": f"inf-{unique}",
+            "run_id": run_id,
+            "model": MODEL,
+            "input_format": "RAW",
+            "input_config": {"data_type": "float32", "data_reshape": "8 8"},
+            "input_topic": f"in-{unique}",
+            "output_topic": f"out-{unique}",
+            "min_scale": 0,
+            "max_scale": 3,
+            "target_concurrency": 16,
+        }
+    )
+    settings = stack.replace(
+        inference_id=spec["id"], dlq_topic=f"dlq-{unique}", model_cache_dir=str(cache_dir)
+    )
     ensure_topic(stack.kafka_bootstrap, spec["input_topic"], partitions)
     ensure_topic(stack.kafka_bootstrap, spec["output_topic"], partitions)
     ensure_topic(stack.kafka_bootstrap, settings.dlq_topic, 1)
@@ -91,8 +112,9 @@ class Served:
     statuses: list[int] = field(default_factory=list)
 
     def predict(self, name: str, instances: list) -> requests.Response:
-        return requests.post(f"{self.url}/v1/models/{name}:predict",
-                             json={"instances": instances}, timeout=60)
+        return requests.post(
+            f"{self.url}/v1/models/{name}:predict", json={"instances": instances}, timeout=60
+        )
 
     def metrics(self) -> str:
         return requests.get(f"{self.url}/metrics", timeout=10).text
@@ -136,11 +158,17 @@ def publish(bootstrap: str, topic: str, records: list[tuple[bytes, bytes | None,
     assert producer.flush(30) == 0
 
 
-def read_topic(bootstrap: str, topic: str, expected: int, settle_s: float = 1.5,
-               timeout_s: float = 60.0) -> list:
+def read_topic(
+    bootstrap: str, topic: str, expected: int, settle_s: float = 1.5, timeout_s: float = 60.0
+) -> list:
     """Every record of ``topic``: waits for ``expected``, then ``settle_s`` more for extras."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+        }
+    )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     out: list = []

@@ -14,9 +14,15 @@ from kafkaml.errors import Unavailable
 from kafkaml.settings import Settings
 
 SPEC = {
-    "id": "digits-1", "run_id": "run-1", "model": "digits", "input_format": "RAW",
+    "id": "digits-1",
+    "run_id": "run-1",
+    "model": "digits",
+    "input_format": "RAW",
     "input_config": {"data_type": "float32", "data_reshape": "8 8"},
-    "input_topic": "in", "output_topic": "out", "min_scale": 0, "max_scale": 2,
+    "input_topic": "in",
+    "output_topic": "out",
+    "min_scale": 0,
+    "max_scale": 2,
     "target_concurrency": 10,
 }
 
@@ -54,8 +60,9 @@ class RecordingProducer:
     sent: list[dict[str, Any]] = field(default_factory=list)
     down: bool = False
 
-    def send(self, topic: str, value: bytes, key: bytes | None,
-             headers: list[tuple[str, bytes]]) -> Delivery:
+    def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> Delivery:
         if self.down:
             raise Unavailable("Kafka at test did not take a record")
         self.sent.append({"topic": topic, "value": value, "key": key, "headers": dict(headers)})
@@ -72,10 +79,12 @@ def settings(**changes: Any) -> Settings:
     return Settings(inference_id=SPEC["id"], dlq_topic="dlq", **changes)
 
 
-def fixed_loader(model: Any, spec: dict[str, Any] | None = None,
-                 gate: threading.Event | None = None):
+def fixed_loader(
+    model: Any, spec: dict[str, Any] | None = None, gate: threading.Event | None = None
+):
     def load(_settings: Settings) -> Loaded:
         if gate is not None:
             gate.wait(10)
         return Loaded(dict(spec or SPEC), model)
+
     return load

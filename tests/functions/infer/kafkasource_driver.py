@@ -29,9 +29,15 @@ class Delivery:
     body: str
 
 
-def ce_headers(topic: str, partition: int, offset: int, key: bytes | None,
-               headers: list[tuple[str, bytes]] | None, timestamp_ms: int,
-               source_name: str = "kml-infer-test") -> dict[str, str]:
+def ce_headers(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    headers: list[tuple[str, bytes]] | None,
+    timestamp_ms: int,
+    source_name: str = "kml-infer-test",
+) -> dict[str, str]:
     out = {
         "ce-specversion": "1.0",
         "ce-id": f"partition:{partition}/offset:{offset}",
@@ -39,7 +45,8 @@ def ce_headers(topic: str, partition: int, offset: int, key: bytes | None,
         "ce-type": "dev.knative.kafka.event",
         "ce-subject": f"partition:{partition}#{offset}",
         "ce-time": datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-        .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
         "ce-knativekafkapartition": str(partition),
         "ce-knativekafkaoffset": str(offset),
         "Prefer": "reply",
@@ -55,11 +62,24 @@ def ce_headers(topic: str, partition: int, offset: int, key: bytes | None,
     return out
 
 
-def deliver_topic(bootstrap: str, topic: str, url: str, expected: int, *, concurrency: int = 16,
-                  timeout_s: float = 60.0) -> list[Delivery]:
+def deliver_topic(
+    bootstrap: str,
+    topic: str,
+    url: str,
+    expected: int,
+    *,
+    concurrency: int = 16,
+    timeout_s: float = 60.0,
+) -> list[Delivery]:
     """Deliver the first ``expected`` records of every partition of ``topic`` to ``url``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"driver-{topic}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"driver-{topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, 0) for p in parts])
     local = threading.local()
@@ -71,8 +91,9 @@ def deliver_topic(bootstrap: str, topic: str, url: str, expected: int, *, concur
         conn = getattr(local, "conn", None)
         if conn is None:
             conn = local.conn = HTTPConnection(target.hostname, target.port, timeout=60)
-        headers = ce_headers(topic, msg.partition(), msg.offset(), msg.key(), msg.headers(),
-                             msg.timestamp()[1])
+        headers = ce_headers(
+            topic, msg.partition(), msg.offset(), msg.key(), msg.headers(), msg.timestamp()[1]
+        )
         conn.request("POST", target.path or "/", body=msg.value() or b"", headers=headers)
         r = conn.getresponse()
         return Delivery(msg.partition(), msg.offset(), msg.key(), r.status, r.read().decode())

@@ -22,12 +22,14 @@ def main(out: Path, epochs: int = 3) -> None:
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
     y = digits.target.astype(np.int64)
-    model = keras.Sequential([
-        keras.Input((8, 8)),
-        keras.layers.Flatten(),
-        keras.layers.Dense(32, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
     out.mkdir(parents=True, exist_ok=True)

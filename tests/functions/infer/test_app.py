@@ -15,11 +15,13 @@ from tests.functions.infer.fakes import SPEC, LinearModel, RecordingProducer, fi
 
 def _kafka_headers(partition: int, offset: int, key: str | None = None, **extra: str) -> dict:
     headers = {
-        "ce-specversion": "1.0", "ce-type": "dev.knative.kafka.event",
+        "ce-specversion": "1.0",
+        "ce-type": "dev.knative.kafka.event",
         "ce-id": f"partition:{partition}/offset:{offset}",
         "ce-source": "/apis/v1/namespaces/default/kafkasources/kml-infer-digits-1#in",
         "ce-subject": f"partition:{partition}#{offset}",
-        "ce-knativekafkapartition": str(partition), "ce-knativekafkaoffset": str(offset),
+        "ce-knativekafkapartition": str(partition),
+        "ce-knativekafkaoffset": str(offset),
     }
     if key is not None:
         headers["ce-key"] = key
@@ -31,8 +33,9 @@ def _kafka_headers(partition: int, offset: int, key: str | None = None, **extra:
 def _ready_app(model=None, producer=None, **changes):
     model = model or LinearModel()
     producer = producer or RecordingProducer()
-    app = create_app(settings(**changes), loader=fixed_loader(model),
-                     producer_factory=lambda s: producer)
+    app = create_app(
+        settings(**changes), loader=fixed_loader(model), producer_factory=lambda s: producer
+    )
     assert app.extensions["kml.infer"].wait_ready(5)
     return app, model, producer
 
@@ -50,8 +53,11 @@ def _x(seed: int, n: int = 1) -> np.ndarray:
 
 def test_readiness_is_503_until_the_model_is_loaded_and_predict_waits_for_it():
     gate = threading.Event()
-    app = create_app(settings(), loader=fixed_loader(LinearModel(), gate=gate),
-                     producer_factory=lambda s: RecordingProducer())
+    app = create_app(
+        settings(),
+        loader=fixed_loader(LinearModel(), gate=gate),
+        producer_factory=lambda s: RecordingProducer(),
+    )
     client = app.test_client()
     before = client.get("/health/readiness")
     early = client.post("/v1/models/digits-1:predict", json={"instances": _x(0).tolist()})
@@ -66,15 +72,19 @@ def test_readiness_is_503_until_the_model_is_loaded_and_predict_waits_for_it():
 def test_kafka_record_becomes_a_keyed_prediction_with_headers_and_coordinates(served):
     client, model, producer = served
     x = _x(1)
-    r = client.post("/", data=x.tobytes(),
-                    headers=_kafka_headers(2, 41, key="img-7", kafkaheadertraceid="abc"))
+    r = client.post(
+        "/", data=x.tobytes(), headers=_kafka_headers(2, 41, key="img-7", kafkaheadertraceid="abc")
+    )
     assert r.status_code == 200, r.get_json()
     (out,) = producer.on("out")
     assert out["key"] == b"img-7"
-    np.testing.assert_allclose(json.loads(out["value"])["values"], model.expected(x)[0],
-                               rtol=1e-6)
-    assert out["headers"] == {"traceid": b"abc", "kml-input-topic": b"in",
-                              "kml-input-partition": b"2", "kml-input-offset": b"41"}
+    np.testing.assert_allclose(json.loads(out["value"])["values"], model.expected(x)[0], rtol=1e-6)
+    assert out["headers"] == {
+        "traceid": b"abc",
+        "kml-input-topic": b"in",
+        "kml-input-partition": b"2",
+        "kml-input-offset": b"41",
+    }
     assert r.get_json()["key"] == "img-7"
 
 
@@ -96,8 +106,11 @@ def test_an_undecodable_record_is_a_4xx_and_dead_lettered_with_its_reason(served
     h = dead["headers"]
     assert b"3 bytes" in h["kml-error"] and h["kml-error-kind"] == b"undecodable_record"
     assert h["kml-inference-id"] == b"digits-1"
-    assert (h["kml-input-topic"], h["kml-input-partition"], h["kml-input-offset"]) == \
-        (b"in", b"1", b"5")
+    assert (h["kml-input-topic"], h["kml-input-partition"], h["kml-input-offset"]) == (
+        b"in",
+        b"1",
+        b"5",
+    )
 
 
 def test_kafka_down_is_a_503_so_kafkasource_retries(served):
@@ -125,30 +138,42 @@ def test_kserve_v1_predicts_all_instances_in_one_call_and_accepts_flat_ones(serv
     assert r.status_code == 200, r.get_json()
     np.testing.assert_allclose(r.get_json()["predictions"], model.expected(x), rtol=1e-6)
     assert model.calls == [7]
-    assert client.post("/v1/models/digits:predict", json={"instances": instances[:1]}
-                       ).status_code == 200  # the model's name works too
+    assert (
+        client.post("/v1/models/digits:predict", json={"instances": instances[:1]}).status_code
+        == 200
+    )  # the model's name works too
 
 
 def test_the_cloudevent_request_gets_a_response_event(served):
     client, model, _ = served
     x = _x(6, n=3)
-    r = client.post("/", json={"instances": x.tolist()}, headers={
-        "ce-specversion": "1.0", "ce-type": "kml.inference.request", "ce-id": "req-1",
-        "ce-source": "/tests"})
+    r = client.post(
+        "/",
+        json={"instances": x.tolist()},
+        headers={
+            "ce-specversion": "1.0",
+            "ce-type": "kml.inference.request",
+            "ce-id": "req-1",
+            "ce-source": "/tests",
+        },
+    )
     assert r.status_code == 200
     assert r.headers["ce-type"] == "kml.inference.response"
     assert r.headers["ce-subject"] == "req-1"
     np.testing.assert_allclose(json.loads(r.data)["predictions"], model.expected(x), rtol=1e-6)
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"instances": [[1.0, 2.0, 3.0]]}, 422, "[3]"),
-    ({"instances": [[[1.0] * 8] * 8, [1.0, 2.0]]}, 422, "same shape"),
-    ({"instances": [["a"] * 64]}, 422, "numbers"),
-    ({"inputs": []}, 400, "instances"),
-    ({"instances": []}, 400, "non-empty"),
-    ([1, 2], 400, "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"instances": [[1.0, 2.0, 3.0]]}, 422, "[3]"),
+        ({"instances": [[[1.0] * 8] * 8, [1.0, 2.0]]}, 422, "same shape"),
+        ({"instances": [["a"] * 64]}, 422, "numbers"),
+        ({"inputs": []}, 400, "instances"),
+        ({"instances": []}, 400, "non-empty"),
+        ([1, 2], 400, "JSON object"),
+    ],
+)
 def test_bad_instances_are_client_errors_naming_the_problem(served, body, status, words):
     client, model, _ = served
     r = client.post("/v1/models/digits-1:predict", json=body)
@@ -159,10 +184,14 @@ def test_bad_instances_are_client_errors_naming_the_problem(served, body, status
 
 def test_unknown_model_name_and_unknown_event_type(served):
     client, _, _ = served
-    assert client.post("/v1/models/other:predict", json={"instances": [[0] * 64]}
-                       ).status_code == 404
-    r = client.post("/", json={}, headers={"ce-specversion": "1.0", "ce-type": "x.y",
-                                           "ce-id": "1", "ce-source": "/t"})
+    assert (
+        client.post("/v1/models/other:predict", json={"instances": [[0] * 64]}).status_code == 404
+    )
+    r = client.post(
+        "/",
+        json={},
+        headers={"ce-specversion": "1.0", "ce-type": "x.y", "ce-id": "1", "ce-source": "/t"},
+    )
     assert r.status_code == 400 and "x.y" in r.get_json()["error"]
     meta = client.get("/v1/models/digits-1").get_json()
     assert meta["ready"] is True and meta["input_shape"] == [8, 8]
@@ -172,10 +201,14 @@ def test_metrics_count_requests_errors_predictions_and_batches():
     app, model, _ = _ready_app(model=LinearModel(delay_s=0.005), infer_batch_wait_ms=5.0)
     client = app.test_client()
     with ThreadPoolExecutor(8) as pool:
-        codes = list(pool.map(
-            lambda i: app.test_client().post(
-                "/v1/models/digits-1:predict", json={"instances": _x(i).tolist()}).status_code,
-            range(40)))
+        codes = list(
+            pool.map(
+                lambda i: app.test_client()
+                .post("/v1/models/digits-1:predict", json={"instances": _x(i).tolist()})
+                .status_code,
+                range(40),
+            )
+        )
     assert codes == [200] * 40
     client.post("/", data=b"x", headers=_kafka_headers(0, 1))
     text = client.get("/metrics").get_data(as_text=True)
@@ -193,8 +226,9 @@ def test_metrics_count_requests_errors_predictions_and_batches():
 def test_spec_fields_are_used_for_output_topic():
     spec = {**SPEC, "output_topic": "elsewhere"}
     producer = RecordingProducer()
-    app = create_app(settings(), loader=fixed_loader(LinearModel(), spec),
-                     producer_factory=lambda s: producer)
+    app = create_app(
+        settings(), loader=fixed_loader(LinearModel(), spec), producer_factory=lambda s: producer
+    )
     assert app.extensions["kml.infer"].wait_ready(5)
     app.test_client().post("/", data=_x(7).tobytes(), headers=_kafka_headers(0, 3))
     assert [r["topic"] for r in producer.sent] == ["elsewhere"]

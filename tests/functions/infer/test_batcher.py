@@ -68,8 +68,9 @@ def test_a_model_failure_reaches_every_caller_of_the_batch_without_its_message()
     for t in threads:
         t.join()
     assert len(errors) == 6
-    assert all(e.status == 500 and "RuntimeError" in e.message and "boom" not in e.message
-               for e in errors)
+    assert all(
+        e.status == 500 and "RuntimeError" in e.message and "boom" not in e.message for e in errors
+    )
     batcher.close()
 
 

@@ -66,11 +66,18 @@ def kafka_run(stack, digits, litert):
             records.append((BAD[j], f"bad-{j}".encode(), [("trace-id", b"bad")]))
     publish(stack.kafka_bootstrap, deployment.spec["input_topic"], records)
     started = time.monotonic()
-    deliveries = deliver_topic(stack.kafka_bootstrap, deployment.spec["input_topic"],
-                               served.url + "/", N + len(BAD), concurrency=16)
+    deliveries = deliver_topic(
+        stack.kafka_bootstrap,
+        deployment.spec["input_topic"],
+        served.url + "/",
+        N + len(BAD),
+        concurrency=16,
+    )
     took = time.monotonic() - started
-    print(f"\nkafka path: {N + len(BAD)} records in {took:.1f}s = "
-          f"{(N + len(BAD)) / took:.0f} records/s (16 concurrent deliveries)")
+    print(
+        f"\nkafka path: {N + len(BAD)} records in {took:.1f}s = "
+        f"{(N + len(BAD)) / took:.0f} records/s (16 concurrent deliveries)"
+    )
     outputs = read_topic(stack.kafka_bootstrap, deployment.spec["output_topic"], N)
     return deliveries, outputs
 
@@ -103,8 +110,10 @@ def test_every_record_gives_exactly_one_keyed_prediction(digits, kafka_run):
         h = {k: v.decode() for k, v in msg.headers()}
         assert key == f"{h['kml-input-topic']}:{h['kml-input-partition']}:{h['kml-input-offset']}"
     delivered_at = {(d.partition, d.offset) for d in ok}
-    assert {(int(dict(m.headers())["kml-input-partition"]),
-             int(dict(m.headers())["kml-input-offset"])) for m in outputs} == delivered_at
+    assert {
+        (int(dict(m.headers())["kml-input-partition"]), int(dict(m.headers())["kml-input-offset"]))
+        for m in outputs
+    } == delivered_at
 
 
 def test_undecodable_records_are_4xx_and_dead_lettered_with_reasons(stack, litert, kafka_run):
@@ -137,9 +146,17 @@ def test_http_path_predicts_what_the_kafka_path_produced(digits, litert, kafka_r
     assert kserve.status_code == 200, kserve.text
     np.testing.assert_allclose(kserve.json()["predictions"], kafka, atol=1e-6)
 
-    event = requests.post(served.url + "/", json={"instances": instances}, headers={
-        "ce-specversion": "1.0", "ce-type": "kml.inference.request", "ce-id": "r-1",
-        "ce-source": "/tests"}, timeout=30)
+    event = requests.post(
+        served.url + "/",
+        json={"instances": instances},
+        headers={
+            "ce-specversion": "1.0",
+            "ce-type": "kml.inference.request",
+            "ce-id": "r-1",
+            "ce-source": "/tests",
+        },
+        timeout=30,
+    )
     assert event.status_code == 200 and event.headers["ce-type"] == "kml.inference.response"
     np.testing.assert_allclose(event.json()["predictions"], kafka, atol=1e-6)
     keras = digits.keras_predictions[[i % len(digits.inputs) for i in picks]]
@@ -166,9 +183,11 @@ def test_concurrent_http_requests_are_batched_and_latency_is_reported(digits, li
     assert after["sum"] - before["sum"] == len(session_instances)
     assert calls < len(session_instances) and singles < calls  # batches of more than one
     ms = sorted(t * 1000 for _, t in results)
-    print(f"\nHTTP (16 concurrent, 1 instance each): p50 {ms[len(ms) // 2]:.1f} ms, "
-          f"p99 {ms[int(len(ms) * 0.99)]:.1f} ms; {len(session_instances)} requests in "
-          f"{calls:.0f} model calls")
+    print(
+        f"\nHTTP (16 concurrent, 1 instance each): p50 {ms[len(ms) // 2]:.1f} ms, "
+        f"p99 {ms[int(len(ms) * 0.99)]:.1f} ms; {len(session_instances)} requests in "
+        f"{calls:.0f} model calls"
+    )
     text = served.metrics()
     assert f'kml_infer_info{{inference="{deployment.id}",runtime="litert"}} 1.0' in text
 
@@ -177,9 +196,14 @@ def test_the_litert_process_never_imports_tensorflow(litert):
     deployment, _ = litert
     from functions.infer.local import infer_env
 
-    done = subprocess.run([sys.executable, "-c", NO_TF_SCRIPT], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120,
-                          env={**os.environ, **infer_env(deployment.settings, deployment.id)})
+    done = subprocess.run(
+        [sys.executable, "-c", NO_TF_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **infer_env(deployment.settings, deployment.id)},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"status": 200, "runtime": "litert", "tf": []}
@@ -190,5 +214,8 @@ def _batch_histogram(text: str) -> dict[str, float]:
         line = next(li for li in text.splitlines() if li.startswith(prefix))
         return float(line.rsplit(" ", 1)[1])
 
-    return {"count": value("kml_infer_batch_size_count"), "sum": value("kml_infer_batch_size_sum"),
-            "le_1": value('kml_infer_batch_size_bucket{le="1.0"}')}
+    return {
+        "count": value("kml_infer_batch_size_count"),
+        "sum": value("kml_infer_batch_size_sum"),
+        "le_1": value('kml_infer_batch_size_bucket{le="1.0"}'),
+    }

@@ -27,13 +27,15 @@ def deployment(stack, digits, tmp_path):
 
 
 def test_local_inference_is_wired_for_the_bridge_and_kml_predict_calls_it(
-        stack, digits, deployment):
+    stack, digits, deployment
+):
     settings = deployment.settings
     url, pid = start_local_inference(settings, deployment.id)
     try:
         state = settings.state_dir
-        again = runner.invoke(app, ["deploy", "inference", deployment.id, "--local",
-                                    "--state-dir", state])
+        again = runner.invoke(
+            app, ["deploy", "inference", deployment.id, "--local", "--state-dir", state]
+        )
         assert again.exit_code == 0, again.output
         assert f"{url} (pid {pid})" in again.output  # already running: found, not restarted
         with open(os.path.join(state, "services", f"kml-infer-{deployment.id}.json")) as f:
@@ -44,31 +46,58 @@ def test_local_inference_is_wired_for_the_bridge_and_kml_predict_calls_it(
         assert source["spec"]["topics"] == [deployment.spec["input_topic"]]
         assert source["spec"]["sink"]["ref"]["name"] == f"kml-infer-{deployment.id}"
 
-        result = runner.invoke(app, ["predict", deployment.id, "--state-dir", state,
-                                     "--instances", json.dumps(digits.inputs[:3].tolist())])
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                deployment.id,
+                "--state-dir",
+                state,
+                "--instances",
+                json.dumps(digits.inputs[:3].tolist()),
+            ],
+        )
         assert result.exit_code == 0, result.output
         predictions = json.loads(result.output)["predictions"]
         np.testing.assert_allclose(predictions, digits.keras_predictions[:3], atol=1e-5)
 
-        as_event = runner.invoke(app, ["predict", deployment.id, "--url", url, "--event",
-                                       "--instances", json.dumps(digits.inputs[:2].tolist())])
+        as_event = runner.invoke(
+            app,
+            [
+                "predict",
+                deployment.id,
+                "--url",
+                url,
+                "--event",
+                "--instances",
+                json.dumps(digits.inputs[:2].tolist()),
+            ],
+        )
         assert as_event.exit_code == 0, as_event.output
         assert len(json.loads(as_event.output)["predictions"]) == 2
 
-        bad = runner.invoke(app, ["predict", deployment.id, "--url", url,
-                                  "--instances", "[[1, 2, 3]]"])
+        bad = runner.invoke(
+            app, ["predict", deployment.id, "--url", url, "--instances", "[[1, 2, 3]]"]
+        )
         assert bad.exit_code == 1 and "[3]" in bad.output
     finally:
         assert stop_local_inference(settings, deployment.id)
-    assert not os.path.exists(os.path.join(settings.state_dir, "sources",
-                                           f"infer-{deployment.id}.yaml"))
+    assert not os.path.exists(
+        os.path.join(settings.state_dir, "sources", f"infer-{deployment.id}.yaml")
+    )
 
 
 def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
-        stack, deployment, tmp_path, monkeypatch):
-    env = {f"KML_{k.upper()}": v for k, v in {
-        "s3_endpoint": stack.s3_endpoint, "bucket": stack.bucket,
-        "kafka_bootstrap": stack.kafka_bootstrap}.items()}
+    stack, deployment, tmp_path, monkeypatch
+):
+    env = {
+        f"KML_{k.upper()}": v
+        for k, v in {
+            "s3_endpoint": stack.s3_endpoint,
+            "bucket": stack.bucket,
+            "kafka_bootstrap": stack.kafka_bootstrap,
+        }.items()
+    }
     cat = shutil.which("cat")
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -85,16 +114,18 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     monkeypatch.setenv("PATH", str(bin_dir))
-    missing = runner.invoke(app, ["deploy", "inference", deployment.id, "--apply",
-                                  "--state-dir", state])
+    missing = runner.invoke(
+        app, ["deploy", "inference", deployment.id, "--apply", "--state-dir", state]
+    )
     assert missing.exit_code == 1 and "kubectl is not on PATH" in missing.output
 
     received = tmp_path / "applied.yaml"
     kubectl = bin_dir / "kubectl"
-    kubectl.write_text(f"#!/bin/sh\n{cat} > {received}\necho applied \"$@\"\n")
+    kubectl.write_text(f'#!/bin/sh\n{cat} > {received}\necho applied "$@"\n')
     kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
-    applied = runner.invoke(app, ["deploy", "inference", deployment.id, "--apply",
-                                  "--state-dir", state])
+    applied = runner.invoke(
+        app, ["deploy", "inference", deployment.id, "--apply", "--state-dir", state]
+    )
     assert applied.exit_code == 0, applied.output
     assert "applied apply -f -" in applied.output
     assert received.read_text() == stored

@@ -36,8 +36,9 @@ class _Registry:
 
 
 def test_litert_is_preferred_and_cached(tmp_path):
-    reg = _Registry({"runs/run-1/digits/model.tflite": b"lite",
-                     "runs/run-1/digits/model.keras": b"keras"})
+    reg = _Registry(
+        {"runs/run-1/digits/model.tflite": b"lite", "runs/run-1/digits/model.keras": b"keras"}
+    )
     first = fetch_model(reg, SPEC, str(tmp_path))
     again = fetch_model(reg, SPEC, str(tmp_path))
     assert first.runtime == "litert" and first.path.read_bytes() == b"lite"
@@ -64,16 +65,25 @@ def test_conform_reshapes_flat_rows_casts_and_names_bad_shapes():
 
 
 def test_input_record_reads_knative_kafka_attributes():
-    event = Event(type="dev.knative.kafka.event", id="partition:3/offset:17",
-                  source="/apis/v1/namespaces/ns/kafkasources/src#my.topic", data=b"\x00\x01",
-                  attributes={"key": "k1", "kafkaheadercontentencoding": "gzip",
-                              "kafkaheadertraceid": "t-9"})
+    event = Event(
+        type="dev.knative.kafka.event",
+        id="partition:3/offset:17",
+        source="/apis/v1/namespaces/ns/kafkasources/src#my.topic",
+        data=b"\x00\x01",
+        attributes={"key": "k1", "kafkaheadercontentencoding": "gzip", "kafkaheadertraceid": "t-9"},
+    )
     record = input_record(event)
     assert (record.topic, record.partition, record.offset) == ("my.topic", 3, 17)
     assert record.value == b"\x00\x01" and record.output_key == "k1"
     assert dict(record.headers) == {"contentencoding": b"gzip", "traceid": b"t-9"}
-    keyless = input_record(Event(type="dev.knative.kafka.event", id="partition:0/offset:5",
-                                 source="/x#t", attributes={"knativekafkaoffset": "6"}))
+    keyless = input_record(
+        Event(
+            type="dev.knative.kafka.event",
+            id="partition:0/offset:5",
+            source="/x#t",
+            attributes={"knativekafkaoffset": "6"},
+        )
+    )
     assert keyless.output_key == "t:0:6"  # the knativekafka* extensions win over the id
     with pytest.raises(InvalidEvent):
         input_record(Event(type="kml.inference.request", source="/x"))

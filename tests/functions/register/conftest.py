@@ -32,8 +32,9 @@ def model_json(keras_child) -> str:
 @pytest.fixture(scope="session")
 def keras_call(keras_child):
     """Run a ``keras_worker`` function by name in the child."""
-    return lambda name, *args: keras_child.submit(
-        getattr(keras_worker, name), *args).result(timeout=300)
+    return lambda name, *args: keras_child.submit(getattr(keras_worker, name), *args).result(
+        timeout=300
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +61,9 @@ class Sender:
         self.client, self.structured = client, structured
 
     def __call__(self, type_: str, data: Any):
-        headers, body = to_http(new_event(type_, "/tests/register", data),
-                                structured=self.structured)
+        headers, body = to_http(
+            new_event(type_, "/tests/register", data), structured=self.structured
+        )
         return self.client.post("/", headers=headers, data=body)
 
 

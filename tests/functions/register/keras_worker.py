@@ -11,8 +11,13 @@ from pathlib import Path
 def _tiny():
     import keras
 
-    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"),
-                             keras.layers.Dense(2, activation="softmax")])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(3, activation="relu"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
 
 
 def tiny_model_json() -> str:
@@ -31,8 +36,7 @@ def tiny_keras_b64(compiled: bool) -> str:
     """The tiny model saved as a ``.keras`` file, Base64; compiled ones carry their compile spec."""
     model = _tiny()
     if compiled:
-        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.keras"
         model.save(path)

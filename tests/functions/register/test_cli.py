@@ -22,7 +22,7 @@ from tests.functions.register.conftest import COMPILE
 
 pytestmark = pytest.mark.integration
 
-MODEL_PY = '''
+MODEL_PY = """
 import keras
 
 NAME = "{name}"
@@ -31,7 +31,7 @@ COMPILE = {{"optimizer": "adam", "loss": "mse", "metrics": ["mae"]}}
 
 def build_model():
     return keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,15 @@ def test_register_list_show_configure_deploy(run_kml, model_json, tmp_path, uniq
     assert f"registered digits-{unique} version 1 (23 parameters" in r.output
     bare = tmp_path / "bare.json"
     bare.write_text(model_json)
-    r = run_kml("models", "register", str(bare), "--name", f"digits-{unique}", "--compile",
-                json.dumps(COMPILE))
+    r = run_kml(
+        "models",
+        "register",
+        str(bare),
+        "--name",
+        f"digits-{unique}",
+        "--compile",
+        json.dumps(COMPILE),
+    )
     assert r.exit_code == 0 and "version 2" in r.output, r.output
     r = run_kml("models", "list")
     assert r.exit_code == 0 and f"digits-{unique}" in r.output and "1,2" in r.output
@@ -80,16 +87,27 @@ def test_register_list_show_configure_deploy(run_kml, model_json, tmp_path, uniq
     assert r.exit_code == 0 and "Dense" in r.output and "tiny" in r.output
     r = run_kml("configurations", "create", f"c-{unique}", f"digits-{unique}@1")
     assert r.exit_code == 0 and f"digits-{unique}@1" in r.output, r.output
-    r = run_kml("deployments", "create", "--configuration", f"c-{unique}", "--epochs", "3",
-                "--id", f"7{unique}", "--fit-kwargs", '{"validation_freq": 1}')
+    r = run_kml(
+        "deployments",
+        "create",
+        "--configuration",
+        f"c-{unique}",
+        "--epochs",
+        "3",
+        "--id",
+        f"7{unique}",
+        "--fit-kwargs",
+        '{"validation_freq": 1}',
+    )
     assert r.exit_code == 0 and f"deployment 7{unique}" in r.output, r.output
     r = run_kml("deployments", "show", f"7{unique}")
     assert r.exit_code == 0 and "epochs" in r.output and "3" in r.output
 
 
 def test_refusals_print_every_problem_and_exit_1(run_kml, tmp_path, unique):
-    r = run_kml("deployments", "create", "--model", f"ghost-{unique}", "--epochs", "0",
-                "--batch-size", "0")
+    r = run_kml(
+        "deployments", "create", "--model", f"ghost-{unique}", "--epochs", "0", "--batch-size", "0"
+    )
     assert r.exit_code == 1
     assert "epochs:" in r.output and "batch_size:" in r.output
     assert "Traceback" not in r.output
@@ -97,8 +115,7 @@ def test_refusals_print_every_problem_and_exit_1(run_kml, tmp_path, unique):
 
 def test_client_raises_typed_errors(register_url, model_json, unique):
     client = RegisterClient(register_url)
-    definition = {"name": f"e-{unique}", "keras_json": model_json, "compile": COMPILE,
-                  "version": 2}
+    definition = {"name": f"e-{unique}", "keras_json": model_json, "compile": COMPILE, "version": 2}
     assert client.register_model(definition)["version"] == 2
     with pytest.raises(Conflict):
         client.register_model(definition)
@@ -114,11 +131,15 @@ def test_register_from_python_runs_on_the_client(register_url, tmp_path, unique)
     """In a child process: the CLI imports Keras to build the model, pytest must not."""
     path = tmp_path / "model.py"
     path.write_text(MODEL_PY.format(name=f"py-{unique}"))
-    env = {**os.environ, "KML_REGISTER_URL": register_url,
-           "KML_STATE_DIR": str(tmp_path / "state")}
-    done = subprocess.run([sys.executable, "-m", "kafkaml.cli", "models", "register",
-                           "--from-python", str(path)], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[3])
+    env = {**os.environ, "KML_REGISTER_URL": register_url, "KML_STATE_DIR": str(tmp_path / "state")}
+    done = subprocess.run(
+        [sys.executable, "-m", "kafkaml.cli", "models", "register", "--from-python", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"registered py-{unique} version 1 (4 parameters" in done.stdout
     record = RegisterClient(register_url).get(f"/models/py-{unique}")

@@ -41,8 +41,9 @@ def test_configuration_created_and_read(send, client, two_models, unique):
 
 
 def test_configuration_with_unknown_models_is_422(send_binary, two_models, unique):
-    r = send_binary(CONFIGURATION_CREATE, {"name": f"c-{unique}",
-                                           "models": [two_models[0], "ghost", "ghost@2"]})
+    r = send_binary(
+        CONFIGURATION_CREATE, {"name": f"c-{unique}", "models": [two_models[0], "ghost", "ghost@2"]}
+    )
     assert r.status_code == 422
     assert r.get_json()["problems"] == ["models: no model 'ghost'", "models: no model 'ghost@2'"]
     r = send_binary(CONFIGURATION_CREATE, {"name": f"c-{unique}", "models": ["x@y", "ok", 3]})
@@ -53,9 +54,19 @@ def test_configuration_with_unknown_models_is_422(send_binary, two_models, uniqu
 def test_deployment_with_chosen_and_generated_ids(send, client, two_models, unique):
     send(CONFIGURATION_CREATE, {"name": f"c-{unique}", "models": two_models})
     chosen = f"7{unique}"
-    r = send(DEPLOYMENT_CREATE, {"id": chosen, "configuration": f"c-{unique}", "batch_size": 16,
-                                 "epochs": 2, "shuffle": False, "seed": 3, "learning_rate": 0.01,
-                                 "fit_kwargs": {"validation_freq": 1}})
+    r = send(
+        DEPLOYMENT_CREATE,
+        {
+            "id": chosen,
+            "configuration": f"c-{unique}",
+            "batch_size": 16,
+            "epochs": 2,
+            "shuffle": False,
+            "seed": 3,
+            "learning_rate": 0.01,
+            "fit_kwargs": {"validation_freq": 1},
+        },
+    )
     assert r.status_code == 201, r.data
     ce_type, record = answer(r)
     assert ce_type == DEPLOYMENT_CREATED and record["id"] == chosen
@@ -69,14 +80,31 @@ def test_deployment_with_chosen_and_generated_ids(send, client, two_models, uniq
 
 
 def test_deployment_parameters_all_reported(send_binary, two_models):
-    r = send_binary(DEPLOYMENT_CREATE, {
-        "models": two_models, "batch_size": 0, "epochs": "ten", "shuffle": "yes",
-        "learning_rate": -1, "fit_kwargs": {"callbacks": "x", "steps_per_epoch": 0},
-        "evaluate_kwargs": {"verbose": 2}, "id": "a/b"})
+    r = send_binary(
+        DEPLOYMENT_CREATE,
+        {
+            "models": two_models,
+            "batch_size": 0,
+            "epochs": "ten",
+            "shuffle": "yes",
+            "learning_rate": -1,
+            "fit_kwargs": {"callbacks": "x", "steps_per_epoch": 0},
+            "evaluate_kwargs": {"verbose": 2},
+            "id": "a/b",
+        },
+    )
     assert r.status_code == 422
     fields = {p.split(":")[0] for p in r.get_json()["problems"]}
-    assert fields == {"batch_size", "epochs", "shuffle", "learning_rate", "fit_kwargs.callbacks",
-                      "fit_kwargs.steps_per_epoch", "evaluate_kwargs.verbose", "id"}
+    assert fields == {
+        "batch_size",
+        "epochs",
+        "shuffle",
+        "learning_rate",
+        "fit_kwargs.callbacks",
+        "fit_kwargs.steps_per_epoch",
+        "evaluate_kwargs.verbose",
+        "id",
+    }
 
 
 def test_deployment_of_unknown_configuration_is_422(send_binary, unique):
@@ -95,8 +123,16 @@ def test_runs_and_datasources_readable(client, registry, unique):
 
 # -- the error contract -------------------------------------------------------------------------
 def test_missing_type_is_400_naming_it(client):
-    r = client.post("/", headers={"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t",
-                                  "content-type": "application/json"}, data=b"{}")
+    r = client.post(
+        "/",
+        headers={
+            "ce-specversion": "1.0",
+            "ce-id": "1",
+            "ce-source": "/t",
+            "content-type": "application/json",
+        },
+        data=b"{}",
+    )
     assert r.status_code == 400 and "ce-type" in r.get_json()["error"]
     body = json.dumps({"specversion": "1.0", "id": "1", "source": "/t", "data": {}})
     r = client.post("/", headers={"content-type": "application/cloudevents+json"}, data=body)
@@ -109,12 +145,20 @@ def test_unknown_type_is_400_naming_it(send):
 
 
 def test_invalid_json_is_400(client):
-    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t",
-               "ce-type": CONFIGURATION_CREATE, "content-type": "application/json"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "/t",
+        "ce-type": CONFIGURATION_CREATE,
+        "content-type": "application/json",
+    }
     r = client.post("/", headers=headers, data=b"{not json")
     assert r.status_code == 400 and "not valid JSON" in r.get_json()["error"]
-    r = client.post("/", headers={"content-type": "application/cloudevents+json"},
-                    data=b'{"specversion": "1.0", "type": ')
+    r = client.post(
+        "/",
+        headers={"content-type": "application/cloudevents+json"},
+        data=b'{"specversion": "1.0", "type": ',
+    )
     assert r.status_code == 400
 
 
@@ -130,8 +174,13 @@ def test_body_over_limit_is_413(send_binary, app_settings):
 
 
 def test_data_not_an_object_is_422(client):
-    headers = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t",
-               "ce-type": CONFIGURATION_CREATE, "content-type": "application/json"}
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "1",
+        "ce-source": "/t",
+        "ce-type": CONFIGURATION_CREATE,
+        "content-type": "application/json",
+    }
     r = client.post("/", headers=headers, data=b'["a", "b"]')
     assert r.status_code == 422 and "expected an object" in r.get_json()["problems"][0]
 
@@ -157,16 +206,25 @@ def test_redelivered_event_gets_the_first_answer(client, model_json, unique):
     """KafkaSource delivers at least once: the same (source, id) must not add a version."""
     from kafkaml.events import Event, to_http
 
-    event = Event(type=MODEL_REGISTER, source="/apis/v1/namespaces/kml/kafkasources/kml-models",
-                  id=f"partition:0/offset:{unique}", data=model_event(f"r-{unique}", model_json))
+    event = Event(
+        type=MODEL_REGISTER,
+        source="/apis/v1/namespaces/kml/kafkasources/kml-models",
+        id=f"partition:0/offset:{unique}",
+        data=model_event(f"r-{unique}", model_json),
+    )
     headers, body = to_http(event)
     first = client.post("/", headers=headers, data=body)
     again = client.post("/", headers=headers, data=body)
     assert (first.status_code, again.status_code) == (201, 200)
     assert answer(first)[1] == answer(again)[1]
-    assert [m["versions"] for m in client.get("/models").get_json()
-            if m["name"] == f"r-{unique}"] == [[1]]
-    other = Event(type=MODEL_REGISTER, source=event.source, id=f"partition:0/offset:x{unique}",
-                  data=event.data)
+    assert [
+        m["versions"] for m in client.get("/models").get_json() if m["name"] == f"r-{unique}"
+    ] == [[1]]
+    other = Event(
+        type=MODEL_REGISTER,
+        source=event.source,
+        id=f"partition:0/offset:x{unique}",
+        data=event.data,
+    )
     headers, body = to_http(other)
     assert answer(client.post("/", headers=headers, data=body))[1]["version"] == 2

@@ -22,9 +22,20 @@ pytestmark = pytest.mark.integration
 def served(app_settings, tmp_path):
     port = free_port()
     env = {**os.environ, **app_settings.to_env()}
-    argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--worker-class",
-            "gthread", "--threads", "4", "--timeout", "660",
-            "functions.register.app:create_app()"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--timeout",
+        "660",
+        "functions.register.app:create_app()",
+    ]
     log = (tmp_path / "gunicorn.log").open("wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -39,8 +50,10 @@ def served(app_settings, tmp_path):
             assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
             time.sleep(0.3)
         else:
-            pytest.fail("register did not become ready under gunicorn: "
-                        + (tmp_path / "gunicorn.log").read_text()[-2000:])
+            pytest.fail(
+                "register did not become ready under gunicorn: "
+                + (tmp_path / "gunicorn.log").read_text()[-2000:]
+            )
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -53,14 +66,16 @@ def served(app_settings, tmp_path):
 
 
 def test_binary_event_over_http(served, model_json, unique):
-    headers, body = to_http(new_event(MODEL_REGISTER, "/tests/gunicorn",
-                                      model_event(f"g-{unique}", model_json)))
+    headers, body = to_http(
+        new_event(MODEL_REGISTER, "/tests/gunicorn", model_event(f"g-{unique}", model_json))
+    )
     r = requests.post(f"{served}/", headers=headers, data=body, timeout=300)
     assert r.status_code == 201, r.text
     assert r.headers["ce-type"] == MODEL_REGISTERED
     assert r.json()["name"] == f"g-{unique}" and r.json()["version"] == 1
     shown = requests.get(f"{served}/models/g-{unique}", timeout=10).json()
     assert shown["param_count"] == 23
-    bad = requests.post(f"{served}/", headers={**headers, "ce-type": "kml.nope"}, data=body,
-                        timeout=10)
+    bad = requests.post(
+        f"{served}/", headers={**headers, "ce-type": "kml.nope"}, data=body, timeout=10
+    )
     assert bad.status_code == 400 and "kml.nope" in bad.json()["error"]

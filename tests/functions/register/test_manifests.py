@@ -12,12 +12,22 @@ from kafkaml.manifests import render_inference_manifests, to_yaml
 from kafkaml.manifests_check import check_documents, load_crd_schemas, rule_problems
 from kafkaml.settings import Settings
 
-SPEC = {"id": "digits1", "run_id": "run-abc", "model": "clf", "input_format": "RAW",
-        "input_config": {"data_type": "uint8"}, "input_topic": "digits-in",
-        "output_topic": "digits-out", "min_scale": 0, "max_scale": 4, "target_concurrency": 8,
-        "created": "2026-01-01T00:00:00.000Z"}
-SETTINGS = Settings(namespace="kml", kafka_bootstrap="kafka-a:9092, kafka-b:9092",
-                    s3_secret_key="very-secret-value")
+SPEC = {
+    "id": "digits1",
+    "run_id": "run-abc",
+    "model": "clf",
+    "input_format": "RAW",
+    "input_config": {"data_type": "uint8"},
+    "input_topic": "digits-in",
+    "output_topic": "digits-out",
+    "min_scale": 0,
+    "max_scale": 4,
+    "target_concurrency": 8,
+    "created": "2026-01-01T00:00:00.000Z",
+}
+SETTINGS = Settings(
+    namespace="kml", kafka_bootstrap="kafka-a:9092, kafka-b:9092", s3_secret_key="very-secret-value"
+)
 BASE = Path(__file__).resolve().parents[3] / "knative" / "base"
 
 
@@ -54,8 +64,10 @@ def test_references_resolve_within_the_base_build(docs):
 
 def test_service_scales_as_asked_and_reads_settings_from_cluster_objects(docs):
     warm = render_inference_manifests({**SPEC, "min_scale": 2}, SETTINGS)[0]
-    assert warm["spec"]["template"]["metadata"]["annotations"][
-        "autoscaling.knative.dev/min-scale"] == "2"
+    assert (
+        warm["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"]
+        == "2"
+    )
     template = docs[0]["spec"]["template"]
     annotations = template["metadata"]["annotations"]
     assert annotations["autoscaling.knative.dev/min-scale"] == "0"
@@ -65,8 +77,10 @@ def test_service_scales_as_asked_and_reads_settings_from_cluster_objects(docs):
     assert 0 < template["spec"]["timeoutSeconds"] <= 600
     container = template["spec"]["containers"][0]
     assert {"name": "KML_INFERENCE_ID", "value": "digits1"} in container["env"]
-    assert container["envFrom"] == [{"configMapRef": {"name": "kml-settings"}},
-                                    {"secretRef": {"name": "kml-s3"}}]
+    assert container["envFrom"] == [
+        {"configMapRef": {"name": "kml-settings"}},
+        {"secretRef": {"name": "kml-s3"}},
+    ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
     assert "very-secret-value" not in to_yaml(docs)

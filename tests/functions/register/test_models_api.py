@@ -93,25 +93,32 @@ def test_model_without_input_shape_refused(send_binary, model_json, unique):
 
 def test_bad_compile_spec_lists_each_problem(send_binary, model_json, unique):
     spec = {"optimizer": "warp-drive", "loss": "nope", "metrics": ["accuracy", "acc-nope"]}
-    r = send_binary(MODEL_REGISTER, {"name": f"m-{unique}", "keras_json": model_json,
-                                     "compile": spec})
+    r = send_binary(
+        MODEL_REGISTER, {"name": f"m-{unique}", "keras_json": model_json, "compile": spec}
+    )
     assert r.status_code == 422
     problems = r.get_json()["problems"]
     assert [p.split(":")[0] for p in problems] == [
-        "compile.optimizer", "compile.loss", "compile.metrics[1]"]
+        "compile.optimizer",
+        "compile.loss",
+        "compile.metrics[1]",
+    ]
 
 
 def test_schema_violations_listed_at_once(send_binary, unique):
-    r = send_binary(MODEL_REGISTER, {"name": "../etc", "version": 0, "bogus": True,
-                                     "compile": {"optimizer": "adam"}})
+    r = send_binary(
+        MODEL_REGISTER,
+        {"name": "../etc", "version": 0, "bogus": True, "compile": {"optimizer": "adam"}},
+    )
     assert r.status_code == 422
     fields = {p.split(":")[0] for p in r.get_json()["problems"]}
     assert fields == {"name", "version", "bogus", "keras_json / keras_b64", "compile.loss"}
 
 
 def test_keras_file_with_its_own_compile_config(send_binary, client, keras_call, unique):
-    r = send_binary(MODEL_REGISTER, {"name": f"f-{unique}",
-                                     "keras_b64": keras_call("tiny_keras_b64", True)})
+    r = send_binary(
+        MODEL_REGISTER, {"name": f"f-{unique}", "keras_b64": keras_call("tiny_keras_b64", True)}
+    )
     assert r.status_code == 201, r.data
     record = answer(r)[1]
     assert record["format"] == "keras_file" and record["compile"]["loss"]
@@ -121,8 +128,9 @@ def test_keras_file_with_its_own_compile_config(send_binary, client, keras_call,
 
 
 def test_keras_file_without_compile_spec_refused(send_binary, keras_call, unique):
-    r = send_binary(MODEL_REGISTER, {"name": f"f-{unique}",
-                                     "keras_b64": keras_call("tiny_keras_b64", False)})
+    r = send_binary(
+        MODEL_REGISTER, {"name": f"f-{unique}", "keras_b64": keras_call("tiny_keras_b64", False)}
+    )
     assert r.status_code == 422
     assert any(p.startswith("compile: required") for p in r.get_json()["problems"])
     r = send_binary(MODEL_REGISTER, {"name": f"f-{unique}", "keras_b64": "not base64!"})

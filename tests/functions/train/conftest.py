@@ -61,20 +61,36 @@ class Harness:
     model_json: str
     unique: str
 
-    def deployment(self, deployment_id: str | None = None, epochs: int = 4,
-                   **params: Any) -> str:
+    def deployment(self, deployment_id: str | None = None, epochs: int = 4, **params: Any) -> str:
         """Register the digits model and deploy it; returns the deployment id."""
         name = f"digits-{self.unique}"
         try:
             self.registry.get_model(name)
         except Exception:
-            self.registry.register_model(name, {
-                "description": "digits", "format": "keras_json", "keras_json": self.model_json,
-                "compile": {"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
-                            "metrics": ["accuracy"]}})
-        record = {"models": [name], "batch_size": 32, "epochs": epochs, "shuffle": True,
-                  "seed": 7, "learning_rate": 0.01, "fit_kwargs": {}, "evaluate_kwargs": {},
-                  **params}
+            self.registry.register_model(
+                name,
+                {
+                    "description": "digits",
+                    "format": "keras_json",
+                    "keras_json": self.model_json,
+                    "compile": {
+                        "optimizer": "adam",
+                        "loss": "sparse_categorical_crossentropy",
+                        "metrics": ["accuracy"],
+                    },
+                },
+            )
+        record = {
+            "models": [name],
+            "batch_size": 32,
+            "epochs": epochs,
+            "shuffle": True,
+            "seed": 7,
+            "learning_rate": 0.01,
+            "fit_kwargs": {},
+            "evaluate_kwargs": {},
+            **params,
+        }
         if deployment_id is not None:
             record["id"] = deployment_id
         return self.registry.create_deployment(record)["id"]
@@ -90,9 +106,16 @@ class Harness:
     def request(self, data: dict[str, Any]) -> Reply:
         import json
 
-        return self.post({"ce-specversion": "1.0", "ce-id": f"req-{time.time_ns()}",
-                          "ce-source": "/tests", "ce-type": "kml.training.request",
-                          "content-type": "application/json"}, json.dumps(data).encode())
+        return self.post(
+            {
+                "ce-specversion": "1.0",
+                "ce-id": f"req-{time.time_ns()}",
+                "ce-source": "/tests",
+                "ce-type": "kml.training.request",
+                "content-type": "application/json",
+            },
+            json.dumps(data).encode(),
+        )
 
     def batch(self, event_path: str) -> int:
         return self.child.submit(worker.batch, self.settings, event_path).result(600)
@@ -103,8 +126,9 @@ def harness(settings, registry, tf_child, model_json, unique) -> Harness:
     return Harness(settings, registry, tf_child, model_json, unique)
 
 
-def kafkasource_request(msg, source: str = "kml-train", namespace: str = "default"
-                        ) -> tuple[dict[str, str], bytes]:
+def kafkasource_request(
+    msg, source: str = "kml-train", namespace: str = "default"
+) -> tuple[dict[str, str], bytes]:
     """Headers and body KafkaSource sends for a raw (non-CloudEvent) record, string key type."""
     p, o, topic = msg.partition(), msg.offset(), msg.topic()
     stamp = datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC)
@@ -134,8 +158,9 @@ def kafkasource_request(msg, source: str = "kml-train", namespace: str = "defaul
 
 def consume_all(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list:
     """Every record of a one-partition topic (the control topic of a test)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "tests", "enable.auto.commit": False}
+    )
     try:
         low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
         consumer.assign([TopicPartition(topic, 0, low)])

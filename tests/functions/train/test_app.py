@@ -13,8 +13,14 @@ from tests.functions.train.conftest import consume_all, digits
 
 pytestmark = pytest.mark.integration
 
-ARTIFACTS = {"model.keras", "model.tflite", "metrics.json", "history.json",
-             "confusion_matrix.png", "curves.png"}
+ARTIFACTS = {
+    "model.keras",
+    "model.tflite",
+    "metrics.json",
+    "history.json",
+    "confusion_matrix.png",
+    "curves.png",
+}
 
 
 def _results(settings, run_id: str) -> list[dict]:
@@ -32,10 +38,19 @@ def test_digits_through_the_sink_train_once_on_three_deliveries(harness, unique)
     topic = f"digits-{unique}"
     ensure_topic(settings.kafka_bootstrap, topic, partitions=3)
     x, y = digits()
-    sink = RawSink(settings.kafka_bootstrap, topic, deployment, data_type="uint8",
-                   label_type="uint8", data_reshape="8 8", label_reshape="1",
-                   validation_rate=0.1, test_rate=0.2, control_topic=settings.control_topic,
-                   description="sklearn digits")
+    sink = RawSink(
+        settings.kafka_bootstrap,
+        topic,
+        deployment,
+        data_type="uint8",
+        label_type="uint8",
+        data_reshape="8 8",
+        label_reshape="1",
+        validation_rate=0.1,
+        test_rate=0.2,
+        control_topic=settings.control_topic,
+        description="sklearn digits",
+    )
     for i in range(len(x)):
         sink.send(x[i], y[i])
     control = sink.close()
@@ -85,12 +100,25 @@ def test_kafka_ml_control_message_byte_for_byte(harness, unique):
     for i in range(600):
         producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes())
     assert producer.flush(30) == 0
-    control = {"topic": f"{topic}:0:0:600", "input_format": "RAW", "description": "digits",
-               "input_config": {"data_type": "uint8", "label_type": "uint8",
-                                "data_reshape": "8 8", "label_reshape": "1"},
-               "validation_rate": 0.1, "test_rate": 0.1, "total_msg": 600}
-    producer.produce(settings.control_topic, key=bytes([int(deployment_id)]),
-                     value=json.dumps(control).encode("utf-8"))
+    control = {
+        "topic": f"{topic}:0:0:600",
+        "input_format": "RAW",
+        "description": "digits",
+        "input_config": {
+            "data_type": "uint8",
+            "label_type": "uint8",
+            "data_reshape": "8 8",
+            "label_reshape": "1",
+        },
+        "validation_rate": 0.1,
+        "test_rate": 0.1,
+        "total_msg": 600,
+    }
+    producer.produce(
+        settings.control_topic,
+        key=bytes([int(deployment_id)]),
+        value=json.dumps(control).encode("utf-8"),
+    )
     assert producer.flush(30) == 0
 
     [record] = consume_all(settings.kafka_bootstrap, settings.control_topic)
@@ -106,15 +134,28 @@ def test_batch_entry_trains_from_a_structured_event_file(harness, unique, tmp_pa
     deployment = harness.deployment(epochs=1)
     topic = f"batch-{unique}"
     x, y = digits()
-    sink = RawSink(settings.kafka_bootstrap, topic, deployment, data_type="uint8",
-                   label_type="uint8", data_reshape="8 8", label_reshape="1", test_rate=0.2,
-                   control_topic=settings.control_topic)
+    sink = RawSink(
+        settings.kafka_bootstrap,
+        topic,
+        deployment,
+        data_type="uint8",
+        label_type="uint8",
+        data_reshape="8 8",
+        label_reshape="1",
+        test_rate=0.2,
+        control_topic=settings.control_topic,
+    )
     for i in range(300):
         sink.send(x[i], y[i])
     control = sink.close()
-    event = {"specversion": "1.0", "id": "job-1", "source": "/tests", "type":
-             "kml.training.request", "datacontenttype": "application/json",
-             "data": {**control.body(), "deployment_id": deployment}}
+    event = {
+        "specversion": "1.0",
+        "id": "job-1",
+        "source": "/tests",
+        "type": "kml.training.request",
+        "datacontenttype": "application/json",
+        "data": {**control.body(), "deployment_id": deployment},
+    }
     path = tmp_path / "event"
     path.write_text(json.dumps(event))
     assert harness.batch(str(path)) == 0

@@ -19,12 +19,14 @@ pytestmark = pytest.mark.integration
 
 def _bridge(harness, count: int, replies: list) -> threading.Thread:
     """Plays KafkaSource: waits for ``count`` control records and delivers the newest."""
+
     def run() -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                records = consume_all(harness.settings.kafka_bootstrap,
-                                      harness.settings.control_topic, timeout_s=2)
+                records = consume_all(
+                    harness.settings.kafka_bootstrap, harness.settings.control_topic, timeout_s=2
+                )
             except Exception:
                 records = []
             if len(records) >= count:
@@ -46,9 +48,22 @@ def test_train_follow_show_and_reuse(harness, monkeypatch, tmp_path, unique):
     deployment = harness.deployment(epochs=1)
     replies: list = []
     bridge = _bridge(harness, 1, replies)
-    result = CliRunner().invoke(app, ["train", "--deployment", deployment, "--data", str(data),
-                                      "--topic", f"cli-{unique}", "--test-rate", "0.25",
-                                      "--timeout", "120"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--deployment",
+            deployment,
+            "--data",
+            str(data),
+            "--topic",
+            f"cli-{unique}",
+            "--test-rate",
+            "0.25",
+            "--timeout",
+            "120",
+        ],
+    )
     bridge.join(10)
     assert result.exit_code == 0, result.output
     assert replies and replies[0].status == 200
@@ -58,8 +73,9 @@ def test_train_follow_show_and_reuse(harness, monkeypatch, tmp_path, unique):
 
     other = harness.deployment(epochs=1)
     bridge = _bridge(harness, 2, replies)
-    result = CliRunner().invoke(app, ["datasources", "reuse", run["datasource_id"],
-                                      "--deployment", other])
+    result = CliRunner().invoke(
+        app, ["datasources", "reuse", run["datasource_id"], "--deployment", other]
+    )
     bridge.join(60)
     assert result.exit_code == 0, result.output
     [_, reused] = consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)

@@ -28,9 +28,17 @@ def env(stack, registry, tf_child, model_json):
     harness = Harness(settings, registry, tf_child, model_json, unique)
     deployment = harness.deployment(epochs=1)
     x, y = digits()
-    sink = RawSink(settings.kafka_bootstrap, f"mdata-{unique}", deployment, data_type="uint8",
-                   label_type="uint8", data_reshape="8 8", label_reshape="1", test_rate=0.2,
-                   control_topic=settings.control_topic)
+    sink = RawSink(
+        settings.kafka_bootstrap,
+        f"mdata-{unique}",
+        deployment,
+        data_type="uint8",
+        label_type="uint8",
+        data_reshape="8 8",
+        label_reshape="1",
+        test_rate=0.2,
+        control_topic=settings.control_topic,
+    )
     sink.send_batch(x[:120], y[:120])
     base = sink.close().body()
 
@@ -50,8 +58,9 @@ def roundtrip(bootstrap: str, topic: str, value: bytes, key: bytes | None):
     """Produce one control record and consume it back: the record KafkaSource would see."""
     offsets = []
     producer = Producer({"bootstrap.servers": bootstrap})
-    producer.produce(topic, value=value, key=key,
-                     on_delivery=lambda err, msg: offsets.append(msg.offset()))
+    producer.produce(
+        topic, value=value, key=key, on_delivery=lambda err, msg: offsets.append(msg.offset())
+    )
     assert producer.flush(30) == 0 and offsets
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests"})
     try:
@@ -76,35 +85,98 @@ def _config(base: dict, **changes) -> dict:
 # (case, value builder, key (None: the deployment), status, text the error must contain)
 CASES = [
     ("bad JSON", lambda b, d: b'{"topic": "t:0:0:1", ', None, 400, "not valid JSON"),
-    ("missing field", lambda b, d: json.dumps({k: v for k, v in b.items()
-                                               if k != "input_format"}).encode(),
-     None, 422, "input_format: required"),
-    ("bad topic string", lambda b, d: _with(b, topic="digits:0:zero:10"), None, 422,
-     "partition, start and end must be non-negative integers"),
-    ("unknown format", lambda b, d: _with(b, input_format="PARQUET"), None, 422,
-     "'PARQUET' is not one of RAW, AVRO, JSON"),
-    ("bad dtype", lambda b, d: _with(b, input_config=_config(b, data_type="str")), None, 422,
-     "input_config.data_type: 'str' is not a numeric NumPy dtype"),
-    ("rates out of range", lambda b, d: _with(b, validation_rate=1.5), None, 422,
-     "validation_rate: 1.5 is out of range"),
-    ("rates leave nothing", lambda b, d: _with(b, validation_rate=0.5, test_rate=0.5), None,
-     422, "leaves nothing to train on"),
-    ("total_msg mismatch", lambda b, d: _with(b, total_msg=5), None, 422,
-     "total_msg: 5 does not match"),
+    (
+        "missing field",
+        lambda b, d: json.dumps({k: v for k, v in b.items() if k != "input_format"}).encode(),
+        None,
+        422,
+        "input_format: required",
+    ),
+    (
+        "bad topic string",
+        lambda b, d: _with(b, topic="digits:0:zero:10"),
+        None,
+        422,
+        "partition, start and end must be non-negative integers",
+    ),
+    (
+        "unknown format",
+        lambda b, d: _with(b, input_format="PARQUET"),
+        None,
+        422,
+        "'PARQUET' is not one of RAW, AVRO, JSON",
+    ),
+    (
+        "bad dtype",
+        lambda b, d: _with(b, input_config=_config(b, data_type="str")),
+        None,
+        422,
+        "input_config.data_type: 'str' is not a numeric NumPy dtype",
+    ),
+    (
+        "rates out of range",
+        lambda b, d: _with(b, validation_rate=1.5),
+        None,
+        422,
+        "validation_rate: 1.5 is out of range",
+    ),
+    (
+        "rates leave nothing",
+        lambda b, d: _with(b, validation_rate=0.5, test_rate=0.5),
+        None,
+        422,
+        "leaves nothing to train on",
+    ),
+    (
+        "total_msg mismatch",
+        lambda b, d: _with(b, total_msg=5),
+        None,
+        422,
+        "total_msg: 5 does not match",
+    ),
     ("missing key", lambda b, d: _with(b), b"", 422, "key: missing"),
-    ("unknown deployment", lambda b, d: _with(b), b"no-such-deployment", 422,
-     "unknown deployment 'no-such-deployment'"),
-    ("end beyond high watermark", lambda b, d: _with(
-        b, topic=b["topic"].rsplit(":", 1)[0] + ":500", total_msg=None), None, 422,
-     "is beyond the high watermark"),
-    ("deleted offsets", lambda b, d: _with(b, topic=f"{d}:0:0:50", total_msg=50), None, 422,
-     "offsets 0..19 were deleted"),
-    ("unknown topic", lambda b, d: _with(b, topic="never-created-topic:0:0:10", total_msg=10),
-     None, 422, "does not exist"),
-    ("shape mismatch", lambda b, d: _with(b, input_config=_config(b, data_reshape="7 7")), None,
-     400, "record 0: value has 64 bytes; expected 49"),
-    ("incremental", lambda b, d: _with(b, incremental=True), None, 422,
-     "training is not supported"),
+    (
+        "unknown deployment",
+        lambda b, d: _with(b),
+        b"no-such-deployment",
+        422,
+        "unknown deployment 'no-such-deployment'",
+    ),
+    (
+        "end beyond high watermark",
+        lambda b, d: _with(b, topic=b["topic"].rsplit(":", 1)[0] + ":500", total_msg=None),
+        None,
+        422,
+        "is beyond the high watermark",
+    ),
+    (
+        "deleted offsets",
+        lambda b, d: _with(b, topic=f"{d}:0:0:50", total_msg=50),
+        None,
+        422,
+        "offsets 0..19 were deleted",
+    ),
+    (
+        "unknown topic",
+        lambda b, d: _with(b, topic="never-created-topic:0:0:10", total_msg=10),
+        None,
+        422,
+        "does not exist",
+    ),
+    (
+        "shape mismatch",
+        lambda b, d: _with(b, input_config=_config(b, data_reshape="7 7")),
+        None,
+        400,
+        "record 0: value has 64 bytes; expected 49",
+    ),
+    (
+        "incremental",
+        lambda b, d: _with(b, incremental=True),
+        None,
+        422,
+        "training is not supported",
+    ),
 ]
 
 
@@ -112,8 +184,12 @@ CASES = [
 def test_malformed_control_message(env, case, build, key, status, text):
     harness, deployment, base, deleted = env
     value = build(base, deleted)
-    record = roundtrip(harness.settings.kafka_bootstrap, harness.settings.control_topic, value,
-                       deployment.encode() if key is None else key or None)
+    record = roundtrip(
+        harness.settings.kafka_bootstrap,
+        harness.settings.control_topic,
+        value,
+        deployment.encode() if key is None else key or None,
+    )
     reply = harness.deliver(record)
     assert reply.status == status, reply.body
     assert text in json.dumps(reply.body), reply.body
@@ -140,8 +216,10 @@ def test_data_failures_become_failed_runs(env):
 
 def test_wrong_event_type_and_not_a_cloudevent(env):
     harness = env[0]
-    reply = harness.post({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t",
-                          "ce-type": "kml.model.register"}, b"{}")
+    reply = harness.post(
+        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t", "ce-type": "kml.model.register"},
+        b"{}",
+    )
     assert reply.status == 400 and "not 'kml.model.register'" in reply.body["error"]
     reply = harness.post({"content-type": "application/json"}, b"{}")
     assert reply.status == 400 and "not a CloudEvent" in reply.body["error"]
@@ -152,10 +230,17 @@ def test_running_run_answers_409_and_too_much_work_answers_use_jobsink(env):
     deployment = harness.deployment(epochs=1)
     value = _with(base, description="in progress elsewhere")
     msg = parse_control_message(value, deployment)
-    harness.registry.claim_run(msg.run_id(), {"deployment_id": deployment,
-                                              "lease_expires": 4102444800})
-    reply = harness.deliver(roundtrip(harness.settings.kafka_bootstrap,
-                                      harness.settings.control_topic, value, deployment.encode()))
+    harness.registry.claim_run(
+        msg.run_id(), {"deployment_id": deployment, "lease_expires": 4102444800}
+    )
+    reply = harness.deliver(
+        roundtrip(
+            harness.settings.kafka_bootstrap,
+            harness.settings.control_topic,
+            value,
+            deployment.encode(),
+        )
+    )
     assert reply.status == 409 and "retry later" in reply.body["error"]
 
     huge = harness.deployment(epochs=1_000_000)
@@ -168,8 +253,13 @@ def test_kafka_down_is_503_and_a_redelivery_retrains(env):
     """Transient: the run fails as retryable; the next delivery takes it over and succeeds."""
     harness, _, base, _ = env
     deployment = harness.deployment(epochs=1)
-    down = Harness(harness.settings.replace(kafka_bootstrap="127.0.0.1:1", kafka_timeout_s=2),
-                   harness.registry, harness.child, harness.model_json, harness.unique)
+    down = Harness(
+        harness.settings.replace(kafka_bootstrap="127.0.0.1:1", kafka_timeout_s=2),
+        harness.registry,
+        harness.child,
+        harness.model_json,
+        harness.unique,
+    )
     body = {**base, "deployment_id": deployment}
     reply = down.request(body)
     assert reply.status == 503 and "unreachable" in reply.body["error"]

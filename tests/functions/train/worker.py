@@ -36,11 +36,13 @@ def digits_model_json(dense: int = 32) -> str:
     """A small Dense classifier for 8x8 digits, as ``model.to_json()`` gives it."""
     import keras
 
-    model = keras.Sequential([
-        keras.Input((8, 8)),
-        keras.layers.Rescaling(1 / 16),
-        keras.layers.Flatten(),
-        keras.layers.Dense(dense, activation="relu"),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8)),
+            keras.layers.Rescaling(1 / 16),
+            keras.layers.Flatten(),
+            keras.layers.Dense(dense, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
     return model.to_json()
