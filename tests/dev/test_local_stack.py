@@ -1,42 +1,58 @@
-"""``kml dev up`` as a whole: Kafka, MinIO, register, train, the bridge; ``down`` stops them all,
-local inference processes included."""
+"""``kml dev up`` as a whole: Kafka, MinIO, register, train, the bridge (a register event
+published to Kafka reaches the register function); ``down`` stops them all, local inference
+processes included."""
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
+import requests
 
 from kafkaml.dev.bridge import read_status
-from kafkaml.dev.procs import Proc, free_port, port_answers
-from kafkaml.dev.stack import Stack
+from kafkaml.dev.procs import Proc, port_answers
+from kafkaml.dev.stack import Stack, isolated_settings
+from kafkaml.events import MODEL_REGISTER, new_event
+from kafkaml.kafka import ConfirmingProducer
 from kafkaml.settings import Settings
+from tests.functions.register import keras_worker
+from tests.functions.register.conftest import model_event
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    kafka = free_port()
-    return Settings.from_env(
-        {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"},
-        state_dir=str(tmp_path / "state"),
-        kafka_port=kafka,
-        kafka_controller_port=free_port(),
-        minio_port=(minio := free_port()),
-        minio_console_port=free_port(),
-        kafka_bootstrap=f"127.0.0.1:{kafka}",
-        s3_endpoint=f"http://127.0.0.1:{minio}",
-        bucket="kml-stack-test",
-        register_port=free_port(),
-        train_port=free_port(),
-        infer_port=free_port(),
-        local_parts="all",
-    )
+    return isolated_settings(str(tmp_path / "state"), bucket="kml-stack-test", local_parts="all")
 
 
-def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path):
+@pytest.fixture(scope="module")
+def model_json() -> str:
+    """A Keras model's JSON, built in a child process (no TensorFlow in the test process)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+        return child.submit(keras_worker.tiny_model_json).result(timeout=300)
+
+
+def register_through_kafka(settings: Settings, name: str, model_json: str) -> dict:
+    """Publish a kml.model.register CloudEvent to the models topic; the bridge delivers it to
+    the register function, whose read API then shows the model."""
+    event = new_event(MODEL_REGISTER, "/tests/local-stack", model_event(name, model_json))
+    producer = ConfirmingProducer(settings.kafka_bootstrap)
+    producer.publish_event(settings.models_topic, event, key=name)
+    url = f"http://127.0.0.1:{settings.register_port}/models/{name}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        r = requests.get(url, timeout=10)
+        if r.status_code == 200:
+            return r.json()
+        time.sleep(0.5)
+    raise AssertionError(f"{name} never reached the register function through the bridge")
+
+
+def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path, model_json):
     stack = Stack(settings)
     try:
         stack.up()
@@ -49,6 +65,8 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
             "kml-models": f"http://127.0.0.1:{settings.register_port}",
             "kml-control": f"http://127.0.0.1:{settings.train_port}",
         }
+        record = register_through_kafka(settings, "via-kafka", model_json)
+        assert record["name"] == "via-kafka" and record["version"] == 1
         # A local inference process, as `kml deploy inference ID --local` leaves it.
         fake = Proc("infer", tmp_path / "state" / "infer-demo")
         fake.start([sys.executable, "-c", "import time; time.sleep(300)"])
