@@ -30,7 +30,7 @@ import requests
 
 from bench.common import RESULTS, Result, bench_stack, console
 from bench.infer_common import ROOT, Deployment, DigitsModel, deploy, digits_model, readiness, spawn
-from kafkaml.dev.procs import Proc, free_port
+from kafkaml.dev.procs import Proc, free_port, gunicorn_argv
 from kafkaml.events import TRAINING_PROGRESS
 from kafkaml.kafka import ConfirmingProducer, end_offsets, ensure_topic, follow
 from kafkaml.settings import Settings
@@ -333,22 +333,7 @@ def train_start(settings: Settings, model: DigitsModel) -> dict[str, float]:
     port = free_port()
     proc = Proc("train", home)
     proc.start(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-b",
-            f"127.0.0.1:{port}",
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "8",
-            "--timeout",
-            "660",
-            "-c",
-            str(home / "probe.py"),
-            "functions.train.app:create_app()",
-        ],
+        gunicorn_argv("train", port, extra=("-c", str(home / "probe.py"))),
         env={**settings.to_env(), "BENCH_TRAIN_PROBE": str(probe)},
         cwd=ROOT,
     )

@@ -9,11 +9,11 @@ KafkaSource goes to ``<state_dir>/sources/infer-<id>.yaml`` and the service's UR
 from __future__ import annotations
 
 import json
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from kafkaml.dev import procs
 from kafkaml.dev.procs import Proc, StackError, port_is_free
 from kafkaml.settings import Settings
 
@@ -23,24 +23,7 @@ THREADS = 16
 
 def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
     """The command serving the infer function (one inference deployment per process)."""
-    return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        str(threads),
-        "--workers",
-        str(workers),
-        "--timeout",
-        "660",
-        "--graceful-timeout",
-        "10",
-        "functions.infer.app:create_app()",
-    ]
+    return procs.gunicorn_argv("infer", port, threads=threads, workers=workers)
 
 
 def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from kafkaml.errors import ValidationFailed
+from storage import registry
 from storage.records import ModelRef, name_problem
 
 MODEL_FIELDS = {"name", "description", "version", "keras_json", "keras_b64", "compile"}
@@ -33,19 +34,8 @@ FIT_KWARGS = {
 }
 """Whitelisted ``fit`` keywords with their minimum (``class_weight``: {class: weight})."""
 EVALUATE_KWARGS = {"steps": 1}
-INFERENCE_FIELDS = {
-    "id",
-    "run_id",
-    "model",
-    "input_format",
-    "input_config",
-    "input_topic",
-    "output_topic",
-    "min_scale",
-    "max_scale",
-    "target_concurrency",
-    "image",
-}
+INFERENCE_FIELDS = {*registry.INFERENCE_FIELDS, "image"}
+"""The stored spec's fields, plus the image the rendered Service runs."""
 INPUT_FORMATS = ("RAW", "AVRO", "JSON")
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 INFERENCE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,19 @@ from pathlib import Path
 
 class StackError(RuntimeError):
     """The local stack could not do what was asked; the message says what to do."""
+
+
+def gunicorn_argv(
+    function: str, port: int, *, threads: int = 8, workers: int = 1, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """The command serving ``functions.<function>`` under gunicorn on loopback: threaded workers,
+    a request timeout above Knative's 600 s cap."""
+    return [
+        sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
+        "--worker-class", "gthread", "--threads", str(threads), "--workers", str(workers),
+        "--timeout", "660", "--graceful-timeout", "10", *extra,
+        f"functions.{function}.app:create_app()",
+    ]  # fmt: skip
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

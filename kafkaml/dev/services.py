@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from kafkaml.dev.bridge import read_status
-from kafkaml.dev.procs import Proc, require_free
+from kafkaml.dev.procs import Proc, gunicorn_argv, require_free
 from kafkaml.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,20 +50,7 @@ class GunicornFunction:
         return f"http://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "8",
-            "--timeout",
-            "660",
-            f"functions.{self.name}.app:create_app()",
-        ]
+        return gunicorn_argv(self.name, self.port)
 
     def start(self) -> None:
         if self.proc.pid() is not None and self.healthy():

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from kafkaml.dev.procs import free_port
+from kafkaml.dev.procs import free_port, gunicorn_argv
 from kafkaml.events import MODEL_REGISTER, MODEL_REGISTERED, new_event, to_http
 from tests.functions.register.conftest import model_event
 
@@ -22,20 +21,7 @@ pytestmark = pytest.mark.integration
 def served(app_settings, tmp_path):
     port = free_port()
     env = {**os.environ, **app_settings.to_env()}
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-b",
-        f"127.0.0.1:{port}",
-        "--worker-class",
-        "gthread",
-        "--threads",
-        "4",
-        "--timeout",
-        "660",
-        "functions.register.app:create_app()",
-    ]
+    argv = gunicorn_argv("register", port, threads=4)
     log = (tmp_path / "gunicorn.log").open("wb")
     proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
