@@ -169,10 +169,10 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
             "acknowledgement. The limit is Python work per record, not the model."
         )
     result.notes.append(
-        "ours uses the deployment's KafkaSource with ordering: unordered (the bridge keeps 50 "
-        "events in flight); the rendered manifest says ordered (one in flight per partition, "
-        "3 partitions). Latency = output minus input Kafka CreateTime, so it includes the "
-        "bridge's poll, the HTTP delivery, the prediction and the acknowledged produce."
+        "ours uses the deployment's KafkaSource as rendered, ordering: unordered (the bridge "
+        "keeps up to 50 events in flight per partition). Latency = output minus input Kafka "
+        "CreateTime, so it includes the bridge's poll, the HTTP delivery, the prediction and "
+        "the acknowledged produce."
     )
     console.print(f"infer_kafka took {time.monotonic() - started:.0f}s")
     return result
