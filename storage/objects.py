@@ -9,9 +9,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import boto3
-from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kafkaml.errors import Conflict, KmlError, NotFound, Unavailable
@@ -49,6 +46,9 @@ class ObjectStore:
         region: str = "us-east-1",
         timeout_s: float = 10.0,
     ) -> None:
+        import boto3  # here, not at import: read-only start paths use storage.signed instead
+        from botocore.config import Config
+
         self.endpoint = endpoint
         self.bucket = bucket
         self._client = boto3.client(
@@ -184,6 +184,8 @@ class ObjectStore:
 
     def upload_file(self, key: str, fileobj: BinaryIO, *, part_size: int = 8 * 1024 * 1024) -> None:
         """Stream a large file; above ``part_size`` it goes as a multipart upload."""
+        from boto3.s3.transfer import TransferConfig
+
         cfg = TransferConfig(multipart_threshold=part_size, multipart_chunksize=part_size)
         self._call(key, lambda: self._client.upload_fileobj(fileobj, self.bucket, key, Config=cfg))
 

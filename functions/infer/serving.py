@@ -35,8 +35,9 @@ Loader = Callable[[Settings], Loaded]
 def load_from_storage(settings: Settings) -> Loaded:
     """Read the spec from the registry, fetch the run's model into the cache and load it."""
     from storage.registry import Registry
+    from storage.signed import SignedReader
 
-    registry = Registry.from_settings(settings)
+    registry = Registry(SignedReader.from_settings(settings))  # no boto3 client on cold start
     spec = registry.get_inference(settings.inference_id)
     file = fetch_model(registry, spec, settings.model_cache_dir)
     log.info(
