@@ -100,9 +100,10 @@ lap("import the infer app (Flask, confluent-kafka, prometheus-client, cloudevent
 from functions.infer.model import fetch_model, load_model
 from kafkaml.settings import Settings
 from storage.registry import Registry
+from storage.signed import SignedReader
 settings = Settings.from_env()
-registry = Registry.from_settings(settings)
-lap("S3 client")
+registry = Registry(SignedReader.from_settings(settings))
+lap("S3 reader (botocore signer, as infer does)")
 spec = registry.get_inference(settings.inference_id)
 lap("read the inference spec from MinIO")
 file = fetch_model(registry, spec, settings.model_cache_dir)
@@ -208,15 +209,14 @@ def infer_cold_starts(settings: Settings, model: DigitsModel, starts: int, resul
         result.notes.append(
             f"LiteRT cold start misses 1 s: {listening:.2f}s pass before gunicorn listens "
             "(interpreter, gunicorn, the app's imports: Flask, confluent-kafka, "
-            "prometheus-client, cloudevents), the rest loading the model, where creating the "
-            f"boto3 S3 client (importing botocore, its service model) takes "
-            f"{laps.get('S3 client', float('nan')):.2f}s against "
+            "prometheus-client, cloudevents), the rest loading the model, where importing "
+            f"botocore's signer takes "
+            f"{laps.get('S3 reader (botocore signer, as infer does)', float('nan')):.2f}s against "
             f"{sum(v for k, v in laps.items() if 'S3' not in k and 'import' not in k):.2f}s "
             "for the spec, the download, the interpreter and the first predict (profile: "
-            "bench/results/cold_start_litert.pyinstrument.txt). What would fix it: fetch "
-            "model.tflite with one signed HTTP GET instead of a boto3 client (or mount it into "
-            "the pod), and keep min-scale 1 where the first request must not wait; the Keras "
-            "fallback's extra time is the TensorFlow import."
+            "bench/results/cold_start_litert.pyinstrument.txt). What would fix it: fewer imports "
+            "before listening (mount the model into the pod), or min-scale 1 where the first "
+            "request must not wait; the Keras fallback's extra time is the TensorFlow import."
         )
 
 
