@@ -9,8 +9,6 @@ KafkaSource goes to ``<state_dir>/sources/infer-<id>.yaml`` and the service's UR
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from kafkaml.dev import procs
@@ -29,17 +27,6 @@ def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[s
 def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:
     """The child's environment: these settings with the deployment's id."""
     return settings.replace(inference_id=inference_id).to_env()
-
-
-def readiness(url: str, timeout_s: float = 1.0) -> int:
-    """The readiness probe's HTTP status (0 when nothing answers)."""
-    try:
-        with urllib.request.urlopen(f"{url}/health/readiness", timeout=timeout_s) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return 0
 
 
 def home_of(settings: Settings, inference_id: str) -> Path:
@@ -67,7 +54,9 @@ def start_local_inference(
         url_file.write_text(url)
     try:
         proc.wait_until(
-            lambda: readiness(url) == 200, f"inference {inference_id} to be ready", timeout_s
+            lambda: procs.readiness_status(url, 1.0) == 200,
+            f"inference {inference_id} to be ready",
+            timeout_s,
         )
     except StackError:
         proc.stop()  # never leave a process behind that did not come up

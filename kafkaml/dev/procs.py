@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,17 @@ def gunicorn_argv(
         "--timeout", "660", "--graceful-timeout", "10", *extra,
         f"functions.{function}.app:create_app()",
     ]  # fmt: skip
+
+
+def readiness_status(url: str, timeout_s: float = 2.0) -> int:
+    """The HTTP status of ``url``/health/readiness (0 when nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"{url}/health/readiness", timeout=timeout_s) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from kafkaml.dev.bridge import read_status
-from kafkaml.dev.procs import Proc, gunicorn_argv, require_free
+from kafkaml.dev.procs import Proc, gunicorn_argv, readiness_status, require_free
 from kafkaml.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,17 +18,6 @@ STATUS_FRESH_S = 10.0
 def child_env(settings: Settings) -> dict[str, str]:
     """``KML_*`` for a child process, with the state directory made absolute."""
     return settings.replace(state_dir=str(Path(settings.state_dir).resolve())).to_env()
-
-
-def readiness_status(url: str, timeout_s: float = 2.0) -> int:
-    """The HTTP status of ``url``/health/readiness (0 when nothing answers)."""
-    try:
-        with urllib.request.urlopen(f"{url}/health/readiness", timeout=timeout_s) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return 0
 
 
 class GunicornFunction:
