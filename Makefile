@@ -11,7 +11,7 @@ STAMP := $(VENV)/.kml-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[train,infer,dev]'
+	$(BIN)/python -m pip install -q -e '.[cli,train,infer,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,12 +20,13 @@ stack: install
 	$(BIN)/kml dev fetch
 
 demo: stack
-	$(BIN)/python -m kafkaml.demo
+	$(BIN)/python -m kml.demo
 
 test: stack
 	$(BIN)/python -m pytest
 
 lint: install
+	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 

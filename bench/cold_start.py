@@ -30,10 +30,10 @@ import requests
 
 from bench.common import RESULTS, Result, bench_stack, console
 from bench.infer_common import ROOT, Deployment, DigitsModel, deploy, digits_model, readiness, spawn
-from kafkaml.dev.procs import Proc, free_port, gunicorn_argv
 from kafkaml.events import TRAINING_PROGRESS
 from kafkaml.kafka import ConfirmingProducer, end_offsets, ensure_topic, follow
 from kafkaml.settings import Settings
+from kml.dev.procs import Proc, free_port, gunicorn_argv
 from storage.registry import Registry
 
 PROBE = """

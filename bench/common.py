@@ -15,8 +15,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kafkaml.dev.stack import Stack, infrastructure, isolated_settings
 from kafkaml.settings import Settings
+from kml.dev.stack import Stack, infrastructure, isolated_settings
 
 console = Console()
 RESULTS = Path(__file__).parent / "results"

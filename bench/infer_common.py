@@ -25,11 +25,11 @@ import numpy as np
 import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from functions.infer.local import gunicorn_argv, home_of, infer_env, register_with_bridge
-from kafkaml.dev.bridge import read_status
-from kafkaml.dev.procs import Proc, free_port
 from kafkaml.kafka import end_offsets, ensure_topic
 from kafkaml.settings import Settings
+from kml.dev.bridge import read_status
+from kml.dev.inference import gunicorn_argv, home_of, infer_env, register_with_bridge
+from kml.dev.procs import Proc, free_port
 from storage.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def cpu_seconds(pgid: int | None) -> float:
 def start_bridge(
     deployment: Deployment, served: Served, *, ordering: str = "unordered", timeout_s: float = 60.0
 ) -> Proc:
-    """``python -m kafkaml.dev.bridge`` playing the deployment's KafkaSource (with ``ordering``),
+    """``python -m kml.dev.bridge`` playing the deployment's KafkaSource (with ``ordering``),
     waiting until its consumer has partitions. Its manifests hold only the dead-letter sink."""
     settings = deployment.settings
     state = Path(settings.state_dir).resolve()
@@ -254,7 +254,7 @@ def start_bridge(
     proc = Proc("bridge", state / "bridge")
     (state / "bridge" / "status.json").unlink(missing_ok=True)
     proc.start(
-        [sys.executable, "-m", "kafkaml.dev.bridge", "--manifests", str(manifests)],
+        [sys.executable, "-m", "kml.dev.bridge", "--manifests", str(manifests)],
         env=settings.replace(log_level="WARNING").to_env(),
         cwd=ROOT,
     )

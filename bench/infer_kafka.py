@@ -1,6 +1,6 @@
 """Inference through Kafka: records/s and end-to-end latency, against a Kafka-ML-style loop.
 
-- ours: input topic -> local KafkaSource bridge (``python -m kafkaml.dev.bridge``, the
+- ours: input topic -> local KafkaSource bridge (``python -m kml.dev.bridge``, the
   deployment's KafkaSource with ``ordering: unordered``, 50 events in flight) -> the infer
   function under gunicorn (LiteRT, micro-batcher) -> output topic, at fixed offered rates
   (``--rates``, ``--seconds`` each) and as an unthrottled burst (``--burst``);

@@ -1,8 +1,30 @@
-"""One error base carrying its HTTP status; the status decides retry (5xx) or dead-letter (4xx)."""
+"""One error base carrying its HTTP status, and the one rule that says which statuses are retried.
+
+A function's answer to a KafkaSource delivery is its contract with the retry policy: Knative's
+dispatcher retries 5xx, 404, 408, 409 and 429 (and timeouts) and dead-letters every other 4xx.
+Everything in the project that decides "retry later or give up" (the HTTP routes, the run record,
+the ``kml.training.failed`` event, the JobSink exit code, the inference Kafka path) asks
+:func:`is_retried` and nothing else.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+# Statuses below 500 that Knative's delivery retries (not found yet, timeout, conflict, busy).
+RETRIED_4XX = frozenset({404, 408, 409, 429})
+# Exit codes of the batch (JobSink) entry: the Job's restart policy retries EXIT_RETRY only.
+EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, EXIT_RETRY = 0, 1, 2, 75
+
+
+def is_retried(status: int) -> bool:
+    """True when a failure with this HTTP status is transient: retried, never dead-lettered."""
+    return status >= 500 or status in RETRIED_4XX
+
+
+def exit_code(status: int) -> int:
+    """The batch entry's exit status for a failure with this HTTP status."""
+    return EXIT_RETRY if is_retried(status) else EXIT_PERMANENT
 
 
 class KmlError(Exception):
@@ -25,7 +47,8 @@ class KmlError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status >= 500
+        """Transient (see :func:`is_retried`): a redelivery may succeed."""
+        return is_retried(self.status)
 
 
 class BadRequest(KmlError):

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from kafkaml.dev.stack import Stack, infrastructure, isolated_settings
 from kafkaml.settings import Settings
+from kml.dev.stack import Stack, infrastructure, isolated_settings
 
 
 @pytest.fixture(scope="session")

@@ -99,7 +99,7 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
     try:
         x = service.conform(service.codec.decode_features([record.value]))
     except KmlError as e:
-        if e.status >= 500:
+        if e.retryable:
             raise
         dead_letter(service, record, e)
         raise

@@ -3,7 +3,7 @@
 The event file is a structured-mode CloudEvent (JSON), as JobSink mounts it; without
 ``--event-file`` the path comes from ``K_EVENT_PATH``. Runs the same code as the HTTP route
 without its time limit. Exit status: 0 succeeded, 1 permanent failure, 75 transient failure
-(worth retrying), 2 bad usage.
+(worth retrying: ``kafkaml.errors.exit_code``), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import sys
 from pathlib import Path
 
 from functions.train.service import Trainer, control_message_from_event
-from kafkaml.errors import KmlError
+from kafkaml.errors import EXIT_OK, EXIT_USAGE, KmlError, exit_code
 from kafkaml.events import STRUCTURED_CONTENT_TYPE, parse_http
 from kafkaml.settings import Settings
 from kafkaml.web import configure_logging
-
-EXIT_OK, EXIT_PERMANENT, EXIT_USAGE, EXIT_TRANSIENT = 0, 1, 2, 75
 
 
 def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> int:
@@ -36,7 +34,7 @@ def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> 
         run_record = trainer.train(control_message_from_event(event), http=False)
     except KmlError as e:
         print(json.dumps(e.to_dict(), default=str))
-        return EXIT_TRANSIENT if e.retryable else EXIT_PERMANENT
+        return exit_code(e.status)
     print(json.dumps(run_record, default=str))
     return EXIT_OK
 

@@ -29,7 +29,6 @@ from storage.objects import PreconditionFailed
 from storage.registry import Registry
 
 log = logging.getLogger("kml.train")
-RETRIED_4XX = {404, 408, 409, 429}
 
 
 class UnknownDeployment(ValidationFailed):
@@ -270,7 +269,7 @@ class Trainer:
         return results
 
     def _fail(self, run_id: str, msg: ControlMessage, error: KmlError) -> None:
-        permanent = error.status < 500 and error.status not in RETRIED_4XX
+        permanent = not error.retryable
         error.details.setdefault("run_id", run_id)
         try:
             current, etag = self.registry.get_run(run_id)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kafkaml.manifests_check import DEFAULT_SCHEMAS, load_crd_schemas
+from kml.manifests_check import DEFAULT_SCHEMAS, load_crd_schemas
 
 KNATIVE = Path(__file__).resolve().parents[2] / "knative"
 BUILDS = ["base", "overlays/jobsink", "overlays/in-cluster-minio", "overlays/strimzi-kafka"]

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from kafkaml.kustomize import KustomizeError, build
-from kafkaml.manifests_check import check_documents, missing_topics
+from kml.kustomize import KustomizeError, build
+from kml.manifests_check import check_documents, missing_topics
 from tests.knative.conftest import KNATIVE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from kafkaml.kustomize import KustomizeError, build
+from kml.kustomize import KustomizeError, build
 
 
 def write(root, kustomization, resources):

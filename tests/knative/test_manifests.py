@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
-from kafkaml.kustomize import build, resource_id
-from kafkaml.manifests_check import check_documents, missing_topics
+from kml.kustomize import build, resource_id
+from kml.manifests_check import check_documents, missing_topics
 from tests.knative.conftest import BUILDS, KNATIVE
 
 
@@ -132,7 +132,7 @@ def test_containerfiles_keep_tensorflow_out_of_infer():
 
 
 def test_only_the_project_functions_must_scale_to_zero():
-    from kafkaml.manifests_rules import check_autoscaling
+    from kml.manifests_rules import check_autoscaling
 
     warm = {"autoscaling.knative.dev/min-scale": "2", "autoscaling.knative.dev/max-scale": "5"}
     assert check_autoscaling(warm, scale_to_zero=False) == []

@@ -210,7 +210,7 @@ def test_unreachable_storage_is_503(free_port_store):
 
 @pytest.fixture
 def free_port_store() -> ObjectStore:
-    from kafkaml.dev.procs import free_port
+    from kml.dev.procs import free_port
 
     return ObjectStore(f"http://127.0.0.1:{free_port()}", "kml", "a", "b", timeout_s=1.0)
 

@@ -15,10 +15,10 @@ import pytest
 import requests
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from functions.infer.local import gunicorn_argv, infer_env
-from kafkaml.dev.procs import Proc, free_port
 from kafkaml.kafka import ensure_topic
 from kafkaml.settings import Settings
+from kml.dev.inference import gunicorn_argv, infer_env
+from kml.dev.procs import Proc, free_port
 from storage.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[3]

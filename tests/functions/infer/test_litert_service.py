@@ -194,7 +194,7 @@ def test_concurrent_http_requests_are_batched_and_latency_is_reported(digits, li
 
 def test_the_litert_process_never_imports_tensorflow(litert):
     deployment, _ = litert
-    from functions.infer.local import infer_env
+    from kml.dev.inference import infer_env
 
     done = subprocess.run(
         [sys.executable, "-c", NO_TF_SCRIPT],

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from functions.infer.local import start_local_inference, stop_local_inference
-from kafkaml.cli import app
+from kml.cli import app
+from kml.dev.inference import start_local_inference, stop_local_inference
 from storage.registry import Registry
 from tests.functions.infer.conftest import deploy
 

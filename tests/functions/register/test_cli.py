@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 from werkzeug.serving import make_server
 
 from functions.register.app import create_app
-from kafkaml.cli import app as kml
-from kafkaml.client import RegisterClient
-from kafkaml.dev.procs import free_port
 from kafkaml.errors import Conflict, Unavailable, ValidationFailed
+from kml.cli import app as kml
+from kml.client import RegisterClient
+from kml.dev.procs import free_port
 from tests.functions.register.conftest import COMPILE
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def register_url(stack):
 def run_kml(register_url, monkeypatch, tmp_path):
     monkeypatch.setenv("KML_REGISTER_URL", register_url)
     monkeypatch.setenv("KML_STATE_DIR", str(tmp_path / "state"))
-    from kafkaml.commands import common
+    from kml.commands import common
 
     monkeypatch.setattr(common.console, "width", 250)
     monkeypatch.setattr(common.err_console, "width", 250)
@@ -133,7 +133,7 @@ def test_register_from_python_runs_on_the_client(register_url, tmp_path, unique)
     path.write_text(MODEL_PY.format(name=f"py-{unique}"))
     env = {**os.environ, "KML_REGISTER_URL": register_url, "KML_STATE_DIR": str(tmp_path / "state")}
     done = subprocess.run(
-        [sys.executable, "-m", "kafkaml.cli", "models", "register", "--from-python", str(path)],
+        [sys.executable, "-m", "kml.cli", "models", "register", "--from-python", str(path)],
         env=env,
         capture_output=True,
         text=True,

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from functions.register.app import create_app
-from kafkaml.dev.procs import free_port
 from kafkaml.events import (
     CONFIGURATION_CREATE,
     CONFIGURATION_CREATED,
@@ -15,6 +14,7 @@ from kafkaml.events import (
     DEPLOYMENT_CREATED,
     MODEL_REGISTER,
 )
+from kml.dev.procs import free_port
 from storage.registry import Registry
 from tests.functions.register.conftest import answer, model_event
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from kafkaml.dev.procs import free_port, gunicorn_argv
 from kafkaml.events import MODEL_REGISTER, MODEL_REGISTERED, new_event, to_http
+from kml.dev.procs import free_port, gunicorn_argv
 from tests.functions.register.conftest import model_event
 
 pytestmark = pytest.mark.integration

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from kafkaml.manifests import render_inference_manifests, to_yaml
-from kafkaml.manifests_check import check_documents, load_crd_schemas, rule_problems
 from kafkaml.settings import Settings
+from kml.manifests_check import check_documents, load_crd_schemas, rule_problems
 
 SPEC = {
     "id": "digits1",
@@ -57,7 +57,7 @@ def test_a_misspelt_field_would_be_caught(docs):
 
 @pytest.mark.skipif(not BASE.is_dir(), reason="knative/base not in this checkout")
 def test_references_resolve_within_the_base_build(docs):
-    from kafkaml.kustomize import build
+    from kml.kustomize import build
 
     assert check_documents(build(BASE) + docs, load_crd_schemas()) == []
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from kafkaml.cli import app
-from kafkaml.commands.training import load_data
 from kafkaml.wire import parse_control_message
+from kml.cli import app
+from kml.commands.training import load_data
 from tests.functions.train.conftest import consume_all, digits
 
 pytestmark = pytest.mark.integration

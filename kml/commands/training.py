@@ -1,0 +1,249 @@
+"""``kml train``, ``kml runs show``, ``kml datasources reuse``: training from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kafkaml.errors import BadRequest
+from kafkaml.kafka import ConfirmingProducer, end_offsets, ensure_topic, follow
+from kafkaml.settings import Settings
+from kafkaml.sink import JsonSink, KafkaMLSink, RawSink
+from kafkaml.wire import (
+    ControlMessage,
+    control_message_key,
+    parse_control_message,
+    to_control_message_bytes,
+)
+from kml.commands.common import console, err_console, friendly_errors, load_settings
+
+runs_app = typer.Typer(help="Training runs: status, metrics and artifacts.", no_args_is_help=True)
+datasources_app = typer.Typer(help="Stored control messages (data streams).", no_args_is_help=True)
+
+
+def load_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels from ``.npz`` (x/y, data/labels or the first two arrays) or CSV."""
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files)
+            for x_name, y_name in (("x", "y"), ("data", "labels"), ("features", "labels")):
+                if x_name in names and y_name in names:
+                    return npz[x_name], npz[y_name]
+            if len(names) < 2:
+                raise BadRequest(f"{path}: needs two arrays (features and labels)")
+            return npz[names[0]], npz[names[1]]
+    if path.suffix == ".csv":
+        text = path.read_text().splitlines()
+        skip = 0 if text and _numeric_row(text[0]) else 1
+        table = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+        x, y = table[:, :-1].astype(np.float32), table[:, -1]
+        return x, (y.astype(np.int64) if np.all(y == np.round(y)) else y.astype(np.float32))
+    raise BadRequest(f"{path}: use a .npz or .csv file (CSV: the last column is the label)")
+
+
+def _numeric_row(line: str) -> bool:
+    try:
+        [float(v) for v in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _sink(
+    fmt: str,
+    settings: Settings,
+    topic: str,
+    deployment: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation_rate: float,
+    test_rate: float,
+    kafka_ml_key: bool,
+) -> KafkaMLSink:
+    shape = " ".join(str(d) for d in x.shape[1:]) or None
+    label_shape = " ".join(str(d) for d in y.shape[1:]) or "1"
+    args = dict(
+        validation_rate=validation_rate,
+        test_rate=test_rate,
+        control_topic=settings.control_topic,
+        kafka_ml_key=kafka_ml_key,
+        timeout_s=settings.kafka_timeout_s,
+        data_reshape=shape,
+        label_reshape=label_shape,
+        description=f"kml train {topic}",
+    )
+    if fmt == "RAW":
+        return RawSink(
+            settings.kafka_bootstrap,
+            topic,
+            deployment,
+            data_type=x.dtype.name,
+            label_type=y.dtype.name,
+            **args,
+        )
+    if fmt == "JSON":
+        return JsonSink(
+            settings.kafka_bootstrap,
+            topic,
+            deployment,
+            data_type=x.dtype.name,
+            label_type=y.dtype.name,
+            **args,
+        )
+    raise BadRequest(f"--format {fmt}: kml train sends RAW or JSON (use AvroSink for AVRO)")
+
+
+def follow_run(settings: Settings, run_id: str, start: dict[int, int], timeout_s: float) -> bool:
+    """Show progress events of ``run_id`` until completed (True) or failed (False)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, int] = {}
+        waiting = progress.add_task(f"waiting for run {run_id}", total=None, info="")
+        for msg in follow(settings.kafka_bootstrap, settings.results_topic, start, timeout_s):
+            try:
+                event = json.loads(msg.value())
+            except ValueError:
+                continue
+            data = event.get("data") or {}
+            if data.get("run_id") != run_id:
+                continue
+            kind = event.get("type", "")
+            if kind.endswith(".progress"):
+                model = data.get("model", "?")
+                if model not in tasks:
+                    progress.update(waiting, visible=False)
+                    tasks[model] = progress.add_task(model, total=data.get("epochs"), info="")
+                info = "  ".join(f"{k} {v:.4f}" for k, v in (data.get("metrics") or {}).items())
+                progress.update(tasks[model], completed=data.get("epoch"), info=info)
+            elif kind.endswith(".completed"):
+                progress.update(waiting, visible=False)
+                return True
+            elif kind.endswith(".failed"):
+                err_console.print(f"[bold red]run {run_id} failed:[/] {data.get('reason')}")
+                return False
+    err_console.print(f"no news of run {run_id} for {timeout_s:g}s; see `kml runs show {run_id}`")
+    return False
+
+
+DataFile = typer.Option(
+    ...,
+    "--data",
+    exists=True,
+    dir_okay=False,
+    help="Training data: .npz (x, y) or .csv (last column = label).",
+)
+
+
+def train(
+    deployment: str = typer.Option(..., "--deployment", "-d", help="Deployment id to train."),
+    data: Path = DataFile,
+    topic: str = typer.Option(..., "--topic", "-t", help="Kafka topic for the data records."),
+    fmt: str = typer.Option("RAW", "--format", help="Record format: RAW or JSON."),
+    validation_rate: float = typer.Option(0.1, help="Fraction held out for validation."),
+    test_rate: float = typer.Option(0.1, help="Fraction held out for the test metrics."),
+    partitions: int = typer.Option(3, help="Partitions when the topic is created."),
+    kafka_ml_key: bool = typer.Option(False, help="Write Kafka-ML's one-byte key (ids 0..255)."),
+    follow_run_: bool = typer.Option(True, "--follow/--no-follow", help="Wait for the run."),
+    timeout: float = typer.Option(900, help="Give up following after this many idle seconds."),
+) -> None:
+    """Publish data and its control message, then follow the run until it completes or fails."""
+    with friendly_errors():
+        settings = load_settings()
+        x, y = load_data(data)
+        ensure_topic(settings.kafka_bootstrap, topic, partitions, settings.kafka_timeout_s)
+        ensure_topic(settings.kafka_bootstrap, settings.results_topic, 1, settings.kafka_timeout_s)
+        start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
+        sink = _sink(
+            fmt.upper(), settings, topic, deployment, x, y, validation_rate, test_rate, kafka_ml_key
+        )
+        sink.send_batch(x, y)
+        control = sink.close()
+        run_id = control.run_id()
+        console.print(
+            f"sent {control.total_msg} records to {control.topic}; control message on "
+            f"{settings.control_topic}; run {run_id}"
+        )
+        if follow_run_ and not follow_run(settings, run_id, start, timeout):
+            raise typer.Exit(1)
+        if follow_run_:
+            show(run_id)
+
+
+@runs_app.command("show")
+def show(run_id: str = typer.Argument(..., help="Run id (printed by kml train).")) -> None:
+    """Status, metrics and artifact locations (presigned URLs) of a run."""
+    from storage.registry import Registry
+
+    with friendly_errors():
+        registry = Registry.from_settings(load_settings())
+        run, _ = registry.get_run(run_id)
+        console.print(
+            f"run {run_id}: [bold]{run['status']}[/]  deployment "
+            f"{run.get('deployment_id')}  splits {run.get('splits', '-')}"
+        )
+        if run.get("reason"):
+            console.print(f"reason: {run['reason']}")
+        for name, result in (run.get("models") or {}).items():
+            metrics = result.get("metrics", {})
+            scores = metrics.get("test") or metrics.get("evaluated_on_validation") or {}
+            console.print(
+                f"\n[bold]{name}[/] ({result.get('model')}): "
+                + "  ".join(f"{k} {v:.4f}" for k, v in scores.items())
+            )
+            if result.get("tflite_error"):
+                console.print(f"tflite: {result['tflite_error']}")
+            for filename, key in sorted(result.get("artifacts", {}).items()):
+                console.print(
+                    f"  {filename:<22} s3://{registry.store.bucket}/{key}",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                console.print(
+                    f"    {registry.store.presigned_get(key)}",
+                    soft_wrap=True,
+                    highlight=False,
+                    markup=False,
+                )
+
+
+@datasources_app.command("reuse")
+def reuse(
+    datasource_id: str = typer.Argument(..., help="Datasource id (a stored control message)."),
+    deployment: str = typer.Option(..., "--deployment", "-d", help="Deployment to train."),
+    kafka_ml_key: bool = typer.Option(False, help="Write Kafka-ML's one-byte key."),
+) -> None:
+    """Re-publish a stored control message under another deployment (data stream reuse)."""
+    from storage.registry import Registry
+
+    with friendly_errors():
+        settings = load_settings()
+        stored = Registry.from_settings(settings).get_datasource(datasource_id)
+        message = republish(settings, stored["control_message"], deployment, kafka_ml_key)
+        console.print(
+            f"control message for deployment {deployment} on {settings.control_topic}"
+            f"; run {message.run_id()}"
+        )
+
+
+def republish(
+    settings: Settings, body: dict, deployment: str, kafka_ml_key: bool = False
+) -> ControlMessage:
+    """Validate and publish a control message body keyed by ``deployment``; waits for Kafka."""
+    message = parse_control_message(json.dumps(body).encode(), None, deployment_id=deployment)
+    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    producer.produce(
+        settings.control_topic,
+        to_control_message_bytes(message),
+        control_message_key(deployment, kafka_ml_key),
+    )
+    producer.flush()
+    return message

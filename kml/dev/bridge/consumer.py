@@ -1,0 +1,271 @@
+"""One KafkaSource played locally: consume with its group, dispatch, commit contiguous offsets.
+
+The consumer is touched only by the loop thread; deliveries run on a thread pool and report
+back through a queue. Ordered sources keep one event in flight per partition, unordered ones up
+to 50 in all. Finished offsets are committed every ``commit_interval_s``, on revocation and at
+stop; a delivery cut short by a stop is not finished, so it is delivered again next time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from kml.dev.bridge.delivery import Deliverer, Outcome
+from kml.dev.bridge.events import Record, record_to_event
+from kml.dev.bridge.offsets import OffsetTracker
+from kml.dev.bridge.sources import UNORDERED_IN_FLIGHT, SourceSpec
+
+log = logging.getLogger("kml.bridge")
+
+PAUSE_ABOVE = 200
+RESUME_BELOW = 50
+
+TP = tuple[str, int]
+
+
+class SourceConsumer:
+    """The consumer loop of one source, in its own thread."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        bootstrap: str,
+        deliverer: Deliverer,
+        commit_interval_s: float = 5.0,
+        poll_timeout_s: float = 0.05,
+    ) -> None:
+        self.spec = spec
+        self.bootstrap = bootstrap
+        self.deliverer = deliverer
+        self.commit_interval_s = commit_interval_s
+        self.poll_timeout_s = poll_timeout_s
+        self.stop_event = deliverer.stop
+        self.tracker = OffsetTracker()
+        self.assigned: set[TP] = set()
+        self.outcomes: dict[str, int] = {o.value: 0 for o in Outcome}
+        self._queues: dict[TP, deque[Record]] = {}
+        self._in_flight: dict[TP, int] = {}
+        self._paused: set[TP] = set()
+        self._done: queue.Queue[tuple[TP, int, Outcome]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._consumer: Any = None
+        self._unknown_topics_logged: set[str] = set()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.spec.namespace, self.spec.name
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"source-{self.spec.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Stop consuming; wait up to ``grace_s`` for deliveries in flight, commit, leave."""
+        self._grace_s = grace_s
+        self.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(grace_s + 15)
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        spec = self.spec
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": spec.consumer_group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": spec.initial_offset,
+                "session.timeout.ms": 10000,
+                "topic.metadata.refresh.interval.ms": 2000,
+                "allow.auto.create.topics": False,
+            }
+        )
+        self._consumer.subscribe(
+            list(spec.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        pool = ThreadPoolExecutor(
+            max_workers=UNORDERED_IN_FLIGHT, thread_name_prefix=f"deliver-{spec.name}"
+        )
+        last_commit = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                self._take(self._consumer.consume(100, timeout=self.poll_timeout_s))
+                self._drain()
+                self._dispatch(pool)
+                self._flow_control()
+                if time.monotonic() - last_commit >= self.commit_interval_s:
+                    self._commit()
+                    last_commit = time.monotonic()
+        except Exception:
+            log.exception("source loop failed", extra={"fields": {"source": spec.name}})
+        finally:
+            self._shutdown(pool)
+
+    def _shutdown(self, pool: ThreadPoolExecutor) -> None:
+        deadline = time.monotonic() + getattr(self, "_grace_s", 5.0)
+        while sum(self._in_flight.values()) and time.monotonic() < deadline:
+            self._drain(timeout=0.05)
+        self._drain()
+        pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._commit()
+            self._consumer.close()
+        except Exception as e:  # the broker may be gone already
+            log.warning(
+                "closing the consumer failed",
+                extra={"fields": {"source": self.spec.name, "error": str(e)}},
+            )
+
+    def _take(self, messages: list[Any]) -> None:
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                self._log_consumer_error(err)
+                continue
+            tp = (msg.topic(), msg.partition())
+            if tp not in self.assigned:
+                continue
+            self._queues.setdefault(tp, deque()).append(Record.from_message(msg))
+            self.tracker.received(tp[0], tp[1], msg.offset())
+
+    def _log_consumer_error(self, err: Any) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        text = err.str()
+        if err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC):
+            if text in self._unknown_topics_logged:
+                return
+            self._unknown_topics_logged.add(text)
+        log.warning("consumer error", extra={"fields": {"source": self.spec.name, "error": text}})
+
+    def _drain(self, timeout: float | None = None) -> None:
+        while True:
+            try:
+                tp, offset, outcome = (
+                    self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+                )
+            except queue.Empty:
+                return
+            timeout = None
+            self._in_flight[tp] = self._in_flight.get(tp, 1) - 1
+            self.outcomes[outcome.value] += 1
+            if outcome.finished:
+                self.tracker.finished(tp[0], tp[1], offset)
+
+    def _dispatch(self, pool: ThreadPoolExecutor) -> None:
+        total = sum(self._in_flight.values())
+        progress = True
+        while progress and total < UNORDERED_IN_FLIGHT:
+            progress = False
+            for tp, pending in self._queues.items():
+                if not pending or total >= UNORDERED_IN_FLIGHT:
+                    continue
+                if self.spec.ordered and self._in_flight.get(tp, 0) >= 1:
+                    continue
+                record = pending.popleft()
+                self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
+                total += 1
+                progress = True
+                pool.submit(self._deliver, tp, record)
+
+    def _deliver(self, tp: TP, record: Record) -> None:
+        where = {
+            "source": self.spec.name,
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+        }
+        try:
+            event = record_to_event(record, self.spec)
+            outcome = self.deliverer.deliver(event, self.spec, where)
+        except Exception:
+            log.exception(
+                "delivery failed unexpectedly; the record is dropped", extra={"fields": where}
+            )
+            outcome = Outcome.DROPPED
+        self._done.put((tp, record.offset, outcome))
+
+    def _flow_control(self) -> None:
+        for tp, pending in self._queues.items():
+            if tp in self._paused and len(pending) < RESUME_BELOW:
+                self._consumer.resume([TopicPartition(*tp)])
+                self._paused.discard(tp)
+            elif tp not in self._paused and len(pending) > PAUSE_ABOVE:
+                self._consumer.pause([TopicPartition(*tp)])
+                self._paused.add(tp)
+
+    def _commit(self, only: set[TP] | None = None) -> None:
+        positions = self.tracker.to_commit(only)
+        if not positions:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, pos) for (t, p), pos in positions.items()],
+                asynchronous=False,
+            )
+        except Exception as e:
+            log.warning(
+                "commit failed", extra={"fields": {"source": self.spec.name, "error": str(e)}}
+            )
+            return
+        self.tracker.committed(positions)
+        log.debug(
+            "committed",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "offsets": {f"{t}/{p}": pos for (t, p), pos in positions.items()},
+                }
+            },
+        )
+
+    # -- rebalance ----------------------------------------------------------------------------
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self.assigned.add((tp.topic, tp.partition))
+            self.tracker.assign(tp.topic, tp.partition)
+        self._paused.clear()
+        log.info(
+            "partitions assigned",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "partitions": [f"{t.topic}/{t.partition}" for t in partitions],
+                }
+            },
+        )
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._drain()
+        self._commit(gone)
+        for tp in gone:
+            self.assigned.discard(tp)
+            self._queues.pop(tp, None)
+            self._paused.discard(tp)
+            self.tracker.revoke(*tp)
+        log.info(
+            "partitions revoked",
+            extra={
+                "fields": {
+                    "source": self.spec.name,
+                    "partitions": sorted(f"{t}/{p}" for t, p in gone),
+                }
+            },
+        )

@@ -1,0 +1,118 @@
+"""An inference deployment as a local gunicorn process, wired into the local stack's bridge.
+
+``start_local_inference`` starts (or finds) the process under ``<state_dir>/infer-<id>/``, waits
+until its model is loaded, then tells the local KafkaSource bridge about it: the deployment's
+KafkaSource goes to ``<state_dir>/sources/infer-<id>.yaml`` and the service's URL to
+``<state_dir>/services/<service>.json`` as ``{"url": ...}``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from kafkaml.settings import Settings
+from kml.dev import procs
+from kml.dev.procs import Proc, StackError, port_is_free
+
+THREADS = 16
+"""Request threads per process: KafkaSource keeps many records in flight (unordered: 50)."""
+
+
+def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
+    """The command serving the infer function (one inference deployment per process)."""
+    return procs.gunicorn_argv("infer", port, threads=threads, workers=workers)
+
+
+def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:
+    """The child's environment: these settings with the deployment's id."""
+    return settings.replace(inference_id=inference_id).to_env()
+
+
+def home_of(settings: Settings, inference_id: str) -> Path:
+    return Path(settings.state_dir) / f"infer-{inference_id}"
+
+
+def start_local_inference(
+    settings: Settings, inference_id: str, timeout_s: float = 300.0
+) -> tuple[str, int]:
+    """Serve ``inference_id`` locally (or find it running); returns its URL and PID."""
+    home = home_of(settings, inference_id)
+    proc = Proc("infer", home)
+    url_file = home / "url"
+    if proc.pid() is not None and url_file.is_file():
+        url = url_file.read_text().strip()  # already running (maybe still loading): reuse it
+    else:
+        proc.stop()
+        port = _free_port_from(settings.infer_port)
+        url = f"http://127.0.0.1:{port}"
+        proc.start(
+            gunicorn_argv(port),
+            env=infer_env(settings, inference_id),
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        url_file.write_text(url)
+    try:
+        proc.wait_until(
+            lambda: procs.readiness_status(url, 1.0) == 200,
+            f"inference {inference_id} to be ready",
+            timeout_s,
+        )
+    except StackError:
+        proc.stop()  # never leave a process behind that did not come up
+        raise
+    pid = proc.pid()
+    register_with_bridge(settings, inference_id, url)
+    assert pid is not None
+    return url, pid
+
+
+def stop_local_inference(settings: Settings, inference_id: str) -> bool:
+    """Stop the process and unwire it from the bridge; True when something was running."""
+    home = home_of(settings, inference_id)
+    stopped = Proc("infer", home).stop()
+    state = Path(settings.state_dir)
+    (state / "sources" / f"infer-{inference_id}.yaml").unlink(missing_ok=True)
+    service = _read(home / "service")
+    if service:
+        (state / "services" / f"{service}.json").unlink(missing_ok=True)
+    return stopped
+
+
+def register_with_bridge(settings: Settings, inference_id: str, url: str) -> Path:
+    """Write the deployment's KafkaSource and its service URL where the bridge reads them."""
+    from kafkaml.manifests import render_inference_manifests, to_yaml
+    from storage.registry import Registry
+
+    spec = Registry.from_settings(settings).get_inference(inference_id)
+    docs = render_inference_manifests(spec, settings)
+    sources = [d for d in docs if d.get("kind") == "KafkaSource"]
+    services = [d for d in docs if d.get("kind") == "Service"]
+    if not sources:
+        raise StackError(f"the manifests of inference {inference_id} have no KafkaSource")
+    name = services[0]["metadata"]["name"] if services else f"kml-infer-{inference_id}"
+    state = Path(settings.state_dir)
+    (state / "sources").mkdir(parents=True, exist_ok=True)
+    (state / "services").mkdir(parents=True, exist_ok=True)
+    (state / "services" / f"{name}.json").write_text(json.dumps({"url": url}))
+    (home_of(settings, inference_id) / "service").write_text(name)
+    source_file = state / "sources" / f"infer-{inference_id}.yaml"
+    source_file.write_text(to_yaml(sources))
+    return source_file
+
+
+def _free_port_from(first: int, tries: int = 200) -> int:
+    for port in range(first, first + tries):
+        if port_is_free(port):
+            return port
+    raise StackError(
+        f"no free port in {first}..{first + tries - 1} for a local inference "
+        "service; move the range with KML_INFER_PORT"
+    )
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return None
