@@ -15,7 +15,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from kafkaml.errors import BadRequest, InvalidEvent
 
-# -- event types (DESIGN.md "Events") ---------------------------------------------------------
+# -- event types ------------------------------------------------------------------------------
 KAFKA_EVENT = "dev.knative.kafka.event"
 MODEL_REGISTER = "kml.model.register"
 MODEL_REGISTERED = "kml.model.registered"

@@ -10,6 +10,7 @@ directory and made strict: a field that a CRD does not declare is an error (as a
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,24 @@ from kml.manifests_rules import (
 )
 
 K8S_VERSION = "1.34"
+# Knative's CRD schemas are upstream's files, not the project's: they stay outside the
+# repository and are found through this one setting.
+SCHEMAS_SETTING = "KML_CRD_SCHEMAS"
 DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative"
+
+
+def crd_schema_dir() -> Path:
+    """The Knative CRD schemas: ``$KML_CRD_SCHEMAS``, else ``../shared/schemas/knative``."""
+    return Path(os.environ.get(SCHEMAS_SETTING) or DEFAULT_SCHEMAS).resolve()
+
 
 SchemaKey = tuple[str, str, str]  # (group, version, kind)
 
 
-def load_crd_schemas(directory: Path = DEFAULT_SCHEMAS) -> dict[SchemaKey, dict[str, Any]]:
+def load_crd_schemas(directory: Path | None = None) -> dict[SchemaKey, dict[str, Any]]:
     """``(group, version, kind) -> JSON schema`` for every CRD version in ``directory``."""
     schemas: dict[SchemaKey, dict[str, Any]] = {}
-    for path in sorted(Path(directory).glob("*.yaml")):
+    for path in sorted(Path(directory or crd_schema_dir()).glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue

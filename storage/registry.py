@@ -1,4 +1,4 @@
-"""The registry records of DESIGN.md "Storage", kept as JSON objects in one bucket.
+"""The registry records, kept as JSON objects in one bucket (the layout below).
 
 Creates are conditional (``If-None-Match: *``) and updates carry ``If-Match: <etag>``: a lost
 race raises ``Conflict`` (409), nothing is ever silently overwritten. Every record has
@@ -27,7 +27,7 @@ run (``runs/<run-id>/status.json``; claimed -> running -> succeeded | failed)
 inference (``inference/<id>.json``, manifests at ``inference/<id>.yaml``)
     id, run_id, model, input_format (RAW | AVRO | JSON), input_config, input_topic,
     output_topic, min_scale, max_scale, target_concurrency, created; image when chosen.
-event (``events/<sha256(source, id)>.json``; an addition to DESIGN.md's layout)
+event (``events/<sha256(source, id)>.json``)
     source, id, type, answer: the record a create event produced, so that a redelivered event
     (KafkaSource delivers at least once) gets the same answer instead of a second version.
 """

@@ -10,7 +10,7 @@ import yaml
 
 from kafkaml.manifests import render_inference_manifests, to_yaml
 from kafkaml.settings import Settings
-from kml.manifests_check import check_documents, load_crd_schemas, rule_problems
+from kml.manifests_check import check_documents, rule_problems
 
 SPEC = {
     "id": "digits1",
@@ -36,8 +36,7 @@ def docs() -> list[dict]:
     return render_inference_manifests(SPEC, SETTINGS)
 
 
-def test_each_document_validates_against_its_crd_schema(docs):
-    crds = load_crd_schemas()
+def test_each_document_validates_against_its_crd_schema(docs, crds):
     for doc in docs:
         group, version = doc["apiVersion"].split("/")
         schema = crds[(group, version, doc["kind"])]
@@ -45,9 +44,8 @@ def test_each_document_validates_against_its_crd_schema(docs):
         assert rule_problems(doc) == []
 
 
-def test_a_misspelt_field_would_be_caught(docs):
+def test_a_misspelt_field_would_be_caught(docs, crds):
     """The strict schema refuses what Knative would drop, so the test above can fail."""
-    crds = load_crd_schemas()
     bad = yaml.safe_load(to_yaml([docs[1]]))
     bad["spec"]["consumerGroups"] = "x"
     schema = crds[("sources.knative.dev", "v1beta1", "KafkaSource")]
@@ -56,10 +54,10 @@ def test_a_misspelt_field_would_be_caught(docs):
 
 
 @pytest.mark.skipif(not BASE.is_dir(), reason="knative/base not in this checkout")
-def test_references_resolve_within_the_base_build(docs):
+def test_references_resolve_within_the_base_build(docs, crds):
     from kml.kustomize import build
 
-    assert check_documents(build(BASE) + docs, load_crd_schemas()) == []
+    assert check_documents(build(BASE) + docs, crds) == []
 
 
 def test_service_scales_as_asked_and_reads_settings_from_cluster_objects(docs):
