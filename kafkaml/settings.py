@@ -117,12 +117,5 @@ class Settings:
         """The ``KML_*`` variables that rebuild these settings in a child process."""
         return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
 
-    @property
-    def s3_credentials(self) -> dict[str, str]:
-        return {
-            "aws_access_key_id": self.s3_access_key,
-            "aws_secret_access_key": self.s3_secret_key,
-        }
-
 
 _DEFAULTS = Settings()
