@@ -17,6 +17,7 @@ import fastavro
 import numpy as np
 
 from kafkaml.errors import BadRequest, ValidationFailed
+from kafkaml.parsing import is_digits, loads
 
 _NUMERIC_KINDS = "biuf"
 _AVRO_INT = {"int", "long", "boolean"}
@@ -67,10 +68,7 @@ def _shape(config: dict[str, Any], name: str, problems: list[str]) -> tuple[int,
     if (
         isinstance(parts, (list, tuple))
         and parts
-        and all(
-            (isinstance(p, str) and p.isdigit()) or (isinstance(p, int) and not isinstance(p, bool))
-            for p in parts
-        )
+        and all(is_digits(p) or (isinstance(p, int) and not isinstance(p, bool)) for p in parts)
     ):
         dims = tuple(int(p) for p in parts)
         if all(d > 0 for d in dims):
@@ -163,14 +161,14 @@ def _json_rows(blobs: Sequence[bytes], what: str) -> list[Any]:
     """Parse every record with one ``json.loads``; fall back per record to name a bad one."""
     _lengths(blobs, what)
     try:
-        rows = json.loads(b"[" + b",".join(blobs) + b"]")
+        rows = loads(b"[" + b",".join(blobs) + b"]")
         if isinstance(rows, list) and len(rows) == len(blobs):
             return rows
     except (ValueError, UnicodeDecodeError):
         pass
     for i, blob in enumerate(blobs):
         try:
-            json.loads(blob)
+            loads(blob)
         except (ValueError, UnicodeDecodeError) as e:
             raise UndecodableRecord(f"{what} is not JSON: {e}", i) from None
     raise UndecodableRecord(f"{what} is not a single JSON value", 0)
@@ -310,7 +308,16 @@ class AvroCodec(Codec):
     def decode_features(self, values: Sequence[bytes]) -> np.ndarray:
         rows = self._read(values, self.data_schema, self.data_fields, "value")
         arr = _to_array(rows, np.dtype(np.float32), None, "value").reshape(len(rows), -1)
-        return arr.reshape(len(rows), *self.data_shape) if self.data_shape else arr
+        if not self.data_shape:
+            return arr
+        if arr.shape[1] != math.prod(self.data_shape):
+            need = " ".join(map(str, self.data_shape))
+            raise UndecodableRecord(
+                f"value has {arr.shape[1]} values; data_reshape {need} needs "
+                f"{math.prod(self.data_shape)}",
+                0,
+            )
+        return arr.reshape(len(rows), *self.data_shape)
 
     def decode_labels(self, keys: Sequence[bytes]) -> np.ndarray:
         if self.label_schema is None:

@@ -14,6 +14,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from kafkaml.errors import BadRequest, InvalidEvent
+from kafkaml.parsing import loads
 
 # -- event types ------------------------------------------------------------------------------
 KAFKA_EVENT = "dev.knative.kafka.event"
@@ -93,7 +94,7 @@ class Event:
         if not raw:
             raise BadRequest(f"event {self.type} has no data", event_id=self.id)
         try:
-            return json.loads(raw)
+            return loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"event data is not valid JSON: {e}", event_id=self.id) from None
 
@@ -131,7 +132,7 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
             ce = ce_http.from_structured(message, JSONFormat())
     except CloudEventValidationError as e:
         raise InvalidEvent(f"invalid CloudEvent: {e}") from None
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as e:
         raise InvalidEvent(f"CloudEvent does not parse: {type(e).__name__}: {e}") from None
     attrs = dict(ce.get_attributes())
     return Event(

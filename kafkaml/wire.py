@@ -27,6 +27,7 @@ from kafkaml.codecs import (
     codec_for,
     codec_problems,
 )
+from kafkaml.parsing import is_digits, loads
 
 __all__ = [
     "Codec",
@@ -141,7 +142,7 @@ def parse_topic_ranges(topic: Any) -> tuple[tuple[OffsetRange, ...], list[str]]:
         if not TOPIC_RE.match(name):
             problems.append(f"{where}: {name!r} is not a valid Kafka topic name")
             continue
-        if not all(n.isdigit() for n in nums):
+        if not all(is_digits(n) for n in nums):
             problems.append(f"{where}: partition, start and end must be non-negative integers")
             continue
         partition, start, end = (int(n) for n in nums)
@@ -202,7 +203,7 @@ def parse_control_message(
 ) -> ControlMessage:
     """Validate; ``InvalidControlMessage`` lists every bad field (status 400 for bad JSON)."""
     try:
-        body = json.loads(value)
+        body = loads(value)
     except (ValueError, UnicodeDecodeError, TypeError) as e:
         raise InvalidControlMessage(
             "control message is not valid JSON", [f"value: {e}"], status=400
