@@ -52,6 +52,10 @@ class Settings:
     """Knative's request timeout; training that cannot fit must use the JobSink route."""
     kafka_timeout_s: float = 30.0
     """Bound on every Kafka wait (metadata, watermarks, delivery confirmation)."""
+    infer_produce_timeout_s: float = 10.0
+    """Infer: longest a Kafka-path request waits for Kafka to confirm its prediction (503 after).
+    Kept well below the inference KafkaSource's 30 s delivery timeout, so a request never outlives
+    the attempt it answers and a retry never overlaps it."""
     inference_id: str = ""
     """The inference deployment an infer process serves."""
     model_cache_dir: str = field(default_factory=lambda: str(Path(_default_cache_dir()) / "models"))

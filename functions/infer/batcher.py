@@ -8,6 +8,7 @@ batch it does not wait at all, so a lone client pays no batching delay.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,6 +25,8 @@ Outputs = list[np.ndarray]
 """One array per model output, each with the batch on axis 0."""
 
 PredictFn = Callable[[np.ndarray], Outputs]
+
+log = logging.getLogger("kml.infer")
 
 
 class PredictionFailed(KmlError):
@@ -83,6 +86,11 @@ class MicroBatcher:
             with self._lock:
                 self._in_flight -= 1
 
+    @property
+    def alive(self) -> bool:
+        """False once the worker thread has died: readiness must turn red, not hang requests."""
+        return self._thread is None or self._thread.is_alive() or self._stopped
+
     def close(self) -> None:
         with self._lock:
             self._stopped = True
@@ -102,8 +110,16 @@ class MicroBatcher:
             self._carry = None
             if first is None:
                 return
-            items = self._collect(first)
-            self._dispatch(items)
+            items = [first]
+            try:
+                items = self._collect(first)
+                self._dispatch(items)
+            except Exception as e:  # never let one bad batch kill the thread every caller needs
+                log.exception("micro-batch failed", extra={"fields": {"requests": len(items)}})
+                err = PredictionFailed(f"batching failed: {type(e).__name__}")
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_exception(err)
 
     def _collect(self, first: _Item) -> list[_Item]:
         items, rows = [first], first.rows
@@ -146,12 +162,17 @@ class MicroBatcher:
             for item in items:
                 item.future.set_exception(err)
             return
-        self._on_batch(int(x.shape[0]))
+        if any(len(out) != len(x) for out in outputs):
+            err = PredictionFailed(f"the model returned outputs that do not match {len(x)} rows")
+            for item in items:
+                item.future.set_exception(err)
+            return
         start = 0
         for item in items:
             end = start + item.rows
             item.future.set_result([out[start:end] for out in outputs])
             start = end
+        self._on_batch(int(x.shape[0]))
 
 
 def _compatible(a: np.ndarray, b: np.ndarray) -> bool:

@@ -49,7 +49,7 @@ class DeliveringProducer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveringProducer:
-        return cls(settings.kafka_bootstrap, settings.kafka_timeout_s)
+        return cls(settings.kafka_bootstrap, settings.infer_produce_timeout_s)
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
@@ -74,7 +74,7 @@ class DeliveringProducer:
         except KafkaException as e:
             raise _delivery_error(self.bootstrap, topic, e.args[0]) from None
         try:
-            return future.result(timeout=self.timeout_s + 5)
+            return future.result(timeout=self.timeout_s + 1)
         except FutureTimeout:
             raise Unavailable(
                 f"Kafka at {self.bootstrap} did not confirm a record on {topic} "

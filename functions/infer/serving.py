@@ -140,6 +140,8 @@ class InferenceService:
         """Raise 503 until the model is loaded (the readiness probe and every request)."""
         if self._loaded is None:
             raise Unavailable(self._problem, inference=self.settings.inference_id)
+        if self._batcher is not None and not self._batcher.alive:
+            raise Unavailable("the micro-batcher stopped", inference=self.settings.inference_id)
 
     @property
     def loaded(self) -> Loaded:

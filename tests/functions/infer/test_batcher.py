@@ -85,3 +85,45 @@ def test_zero_rows_are_refused():
     batcher = MicroBatcher(LinearModel().predict)
     with pytest.raises(ValueError):
         batcher.predict(np.zeros((0, 8, 8), dtype=np.float32))
+
+
+def test_a_batch_that_breaks_the_batcher_fails_its_callers_and_the_next_call_still_works():
+    model = LinearModel()
+    seen: list[int] = []
+
+    def on_batch(rows: int) -> None:  # a metrics callback that raises once
+        seen.append(rows)
+        if len(seen) == 1:
+            raise RuntimeError("metrics backend down")
+
+    batcher = MicroBatcher(model.predict, on_batch=on_batch)
+    batcher.predict(_rows(0))  # results are handed out before the callback runs
+    assert batcher.alive
+    np.testing.assert_allclose(batcher.predict(_rows(1))[0], model.expected(_rows(1)), rtol=1e-6)
+    batcher.close()
+
+
+def test_outputs_that_do_not_match_the_rows_are_a_prediction_failure_not_a_dead_thread():
+    calls = {"n": 0}
+
+    def wrong_then_right(x):
+        calls["n"] += 1
+        return [np.zeros((0, 10))] if calls["n"] == 1 else LinearModel().predict(x)
+
+    batcher = MicroBatcher(wrong_then_right)
+    with pytest.raises(PredictionFailed, match="do not match 1 rows"):
+        batcher.predict(_rows(0), timeout_s=5)
+    assert batcher.alive
+    assert batcher.predict(_rows(1), timeout_s=5)[0].shape == (1, 10)
+    batcher.close()
+
+
+def test_a_worker_thread_that_dies_anyway_is_reported_so_readiness_turns_red():
+    def exits(x):
+        raise SystemExit  # not an Exception: nothing in the worker may swallow it
+
+    batcher = MicroBatcher(exits)
+    with pytest.raises(Exception):  # noqa: B017 - the caller times out or sees the failure
+        batcher.predict(_rows(0), timeout_s=0.5)
+    batcher._thread.join(timeout=5)
+    assert not batcher.alive
