@@ -8,6 +8,8 @@ topic to it with explicit retries and dead-letters to the KafkaSink named after 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import yaml
@@ -29,6 +31,24 @@ DELIVERY = {
 """Retry 5 times at 1, 2, 4, 8, 16 s; each attempt bounded to 30 s."""
 
 
+@dataclass(frozen=True)
+class Scaling:
+    """How Knative scales the Service of one inference deployment; the defaults live here."""
+
+    min_scale: int = 0
+    """Replicas kept when no record arrives; 0 lets the Service scale to zero."""
+    max_scale: int = 5
+    """Most replicas the autoscaler starts."""
+    target_concurrency: int = 10
+    """Requests in flight per replica the autoscaler aims at; also the hard containerConcurrency."""
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any]) -> Scaling:
+        """The scaling an inference spec asks for, the defaults for what it leaves out."""
+        given = {f.name: int(spec[f.name]) for f in fields(cls) if spec.get(f.name) is not None}
+        return cls(**given)
+
+
 def service_name(inference_id: str) -> str:
     """Name of the Service, the KafkaSource and the consumer group of one deployment."""
     return f"{SERVICE_PREFIX}{inference_id}"
@@ -48,7 +68,7 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
 def _service(
     spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
 ) -> dict[str, Any]:
-    target = int(spec["target_concurrency"])
+    scaling = Scaling.of(spec)
     container = {
         "name": "infer",
         "image": spec.get("image") or settings.infer_image,
@@ -86,14 +106,14 @@ def _service(
                 "metadata": {
                     "labels": labels,
                     "annotations": {
-                        "autoscaling.knative.dev/min-scale": str(int(spec["min_scale"])),
-                        "autoscaling.knative.dev/max-scale": str(int(spec["max_scale"])),
+                        "autoscaling.knative.dev/min-scale": str(scaling.min_scale),
+                        "autoscaling.knative.dev/max-scale": str(scaling.max_scale),
                         "autoscaling.knative.dev/metric": "concurrency",
-                        "autoscaling.knative.dev/target": str(target),
+                        "autoscaling.knative.dev/target": str(scaling.target_concurrency),
                     },
                 },
                 "spec": {
-                    "containerConcurrency": target,
+                    "containerConcurrency": scaling.target_concurrency,
                     "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
                     "containers": [container],
                 },
@@ -114,7 +134,9 @@ def _kafka_source(
             "bootstrapServers": servers,
             "topics": [spec["input_topic"]],
             "consumerGroup": name,
-            "initialOffset": "latest",
+            # A new consumer group starts at the topic's beginning (as Kafka-ML's inference does):
+            # records sent before the source was ready are predicted, not skipped.
+            "initialOffset": "earliest",
             # Predictions are independent and keyed by their input, so order does not matter:
             # up to 50 records in flight per partition let the infer micro-batcher fill batches.
             "ordering": "unordered",
