@@ -1,7 +1,15 @@
-"""CloudEvent types and the Flask <-> CloudEvents binding (cloudevents 2.x, both content modes)."""
+"""CloudEvent types and the Flask <-> CloudEvents binding (cloudevents 2.x, both content modes).
+
+Attribute values are read exactly as they arrive: Knative's KafkaSource dispatcher writes them
+raw (no percent-encoding), so a ``%41`` in a header is three characters of data, never an escape.
+Kafka record keys travel Base64-encoded (KafkaSources labelled ``key-type: byte-array``), because
+an HTTP header cannot carry every byte; ``record_key`` gives them back exactly.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +42,13 @@ INFERENCE_REQUEST = "kml.inference.request"
 INFERENCE_RESPONSE = "kml.inference.response"
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+KEY_TYPE_LABEL = "kafkasources.sources.knative.dev/key-type"
+"""KafkaSource label choosing how the record key reaches the ``key`` extension."""
+BYTE_ARRAY_KEYS = {KEY_TYPE_LABEL: "byte-array"}
+"""The label every KafkaSource with binary or arbitrary keys carries: keys arrive as Base64, so
+any byte survives (with the default ``string`` type a control byte makes the dispatcher drop the
+record, and anything outside Latin-1 arrives as ``?``)."""
 
 
 class _BodyAsIs(JSONFormat):
@@ -124,6 +139,12 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
         )
     if binary and "ce-type" not in lowered:
         raise InvalidEvent("CloudEvent has no type (missing ce-type header)")
+    if binary:
+        # The SDK percent-decodes ce-* values; escaping every '%' first makes that decoding give
+        # back the value as it was sent, which is how KafkaSource's dispatcher sends it.
+        lowered = {
+            k: v.replace("%", "%25") if k.startswith("ce-") else v for k, v in lowered.items()
+        }
     message = ce_http.HTTPMessage(headers=dict(lowered), body=body)
     try:
         if binary:
@@ -142,6 +163,27 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
         data=ce.get_data(),
         attributes=attrs,
     )
+
+
+def record_key(event: Event) -> bytes | None:
+    """The Kafka record key of a ``dev.knative.kafka.event``, byte for byte; None without a key.
+
+    The source carries ``key-type: byte-array`` (``BYTE_ARRAY_KEYS``), so ``key`` is Base64; a
+    value that is not Base64 means the source delivers keys as text, which loses bytes: a 400
+    naming the label to set.
+    """
+    value = event.get("key")
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEvent(
+            f"key: {text[:40]!r} is not Base64; the KafkaSource must carry the label "
+            f"{KEY_TYPE_LABEL}: byte-array so record keys arrive intact",
+            event_id=event.id,
+        ) from None
 
 
 def to_http(event: Event, structured: bool = False) -> tuple[dict[str, str], bytes]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from kafkaml.events import BYTE_ARRAY_KEYS
 from kafkaml.settings import Settings
 
 SETTINGS_CONFIGMAP = "kml-settings"
@@ -129,7 +130,12 @@ def _kafka_source(
     return {
         "apiVersion": "sources.knative.dev/v1beta1",
         "kind": "KafkaSource",
-        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
+        # Input keys are arbitrary bytes: Base64 keys survive the dispatcher's HTTP headers.
+        "metadata": {
+            "name": name,
+            "namespace": settings.namespace,
+            "labels": {**labels, **BYTE_ARRAY_KEYS},
+        },
         "spec": {
             "bootstrapServers": servers,
             "topics": [spec["input_topic"]],

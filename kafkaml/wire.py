@@ -7,8 +7,10 @@ Deployment id from the record key (documented rule, see ``deployment_id_from_key
 a key made only of ASCII decimal digits is that id ("7", "300"); any other single character is
 Kafka-ML's one-byte key and the id is its code point (``bytes([7])`` -> "7"); any other
 UTF-8 string of letters, digits, ``.``, ``_``, ``-`` is the id as is. A one-byte Kafka-ML id
-48..57 is therefore read as the digit it encodes, and ids 128..255 cannot pass Knative's
-``string`` key type (they are not UTF-8); use string ids there.
+48..57 is therefore read as the digit it encodes. Every one-byte id 0..255 arrives intact only
+through a KafkaSource labelled ``key-type: byte-array`` (the key Base64 in the ``key``
+extension): with Knative's default ``string`` type the dispatcher drops a key holding a control
+byte, sends 9 as an empty value and 128..255 as ``?``.
 """
 
 from __future__ import annotations
@@ -158,12 +160,16 @@ def parse_topic_ranges(topic: Any) -> tuple[tuple[OffsetRange, ...], list[str]]:
 
 
 def deployment_id_from_key(key: bytes | str | None) -> tuple[str | None, str | None]:
-    """``(id, None)`` or ``(None, problem)`` following the module's documented rule."""
+    """``(id, None)`` or ``(None, problem)`` following the module's documented rule.
+
+    ``key`` is the record key's bytes as produced (one byte: Kafka-ML's id 0..255), or a text
+    key already decoded by whoever delivered it.
+    """
     if key is None or len(key) == 0:
         return None, "key: missing (the record key carries the deployment id)"
     if isinstance(key, bytes):
         if len(key) == 1:
-            text = chr(key[0])  # Kafka-ML's one byte; an ASCII digit reads as that digit
+            text = chr(key[0])  # Kafka-ML's one byte 0..255; an ASCII digit reads as that digit
         else:
             try:
                 text = key.decode("utf-8")
@@ -176,8 +182,8 @@ def deployment_id_from_key(key: bytes | str | None) -> tuple[str | None, str | N
     if len(text) == 1:
         if text == _REPLACEMENT:
             return None, (
-                "key: a one-byte Kafka-ML id above 127 cannot pass Knative's string "
-                "key type; use a decimal string id"
+                "key: a byte that is not UTF-8 was replaced on the way (a KafkaSource with "
+                "the string key type); label the source key-type byte-array"
             )
         return str(ord(text)), None
     if not ID_RE.match(text) or ".." in text:

@@ -1,9 +1,11 @@
 """The Kafka path: one input record (as KafkaSource delivers it) -> one prediction record.
 
-The output is keyed by the input's key, or by ``<topic>:<partition>:<offset>`` when it has none;
-it carries the input's headers plus the input's coordinates. An undecodable record goes to the
-dead-letter topic (original bytes, the reason, the coordinates) and the caller gets a 4xx so
-KafkaSource does not retry it. The answer is 2xx only once Kafka has acknowledged the output.
+The output is keyed by the input's exact key bytes (Base64 in the ``key`` extension: the
+inference KafkaSource is labelled ``key-type: byte-array``), or by
+``<topic>:<partition>:<offset>`` when it has none; it carries the input's headers plus the
+input's coordinates. An undecodable record goes to the dead-letter topic (original bytes, the
+reason, the coordinates) and the caller gets a 4xx so KafkaSource does not retry it. The answer
+is 2xx only once Kafka has acknowledged the output.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 from functions.infer.batcher import split_rows
 from functions.infer.serving import InferenceService
 from kafkaml.errors import InvalidEvent, KmlError
-from kafkaml.events import KAFKA_EVENT, Event
+from kafkaml.events import KAFKA_EVENT, Event, record_key
 
 HEADER_PREFIX = "kafkaheader"
 _ID_RE = re.compile(r"^partition:(\d+)/offset:(\d+)$")
@@ -42,7 +44,7 @@ class InputRecord:
     topic: str
     partition: int | None
     offset: int | None
-    key: str | None
+    key: bytes | None
     headers: tuple[tuple[str, bytes], ...]
     event_id: str
 
@@ -51,8 +53,9 @@ class InputRecord:
         return f"{self.topic}:{_str(self.partition)}:{_str(self.offset)}"
 
     @property
-    def output_key(self) -> str:
-        return self.key if self.key not in (None, "") else self.coordinates
+    def output_key(self) -> bytes:
+        """The input's key bytes as produced, or its coordinates when it has none."""
+        return self.key if self.key else self.coordinates.encode()
 
     def coordinate_headers(self) -> list[tuple[str, bytes]]:
         return [
@@ -74,7 +77,7 @@ def input_record(event: Event, default_topic: str = "") -> InputRecord:
     if match:
         partition = partition if partition is not None else int(match.group(1))
         offset = offset if offset is not None else int(match.group(2))
-    key = ext.get("key")
+    key = record_key(event)
     headers = tuple(
         sorted(
             (name[len(HEADER_PREFIX) :], _bytes(value))
@@ -87,7 +90,7 @@ def input_record(event: Event, default_topic: str = "") -> InputRecord:
         topic,
         partition,
         offset,
-        None if key is None else str(key),
+        key,
         headers,
         event.id,
     )
@@ -107,9 +110,9 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
     value = json.dumps({"values": row}, separators=(",", ":")).encode()
     headers = [*record.headers, *record.coordinate_headers()]
     spec = service.spec
-    done = service.producer().send(spec["output_topic"], value, record.output_key.encode(), headers)
+    done = service.producer().send(spec["output_topic"], value, record.output_key, headers)
     return {
-        "key": record.output_key,
+        "key": record.output_key.decode("utf-8", errors="backslashreplace"),
         "topic": done.topic,
         "partition": done.partition,
         "offset": done.offset,
@@ -129,9 +132,7 @@ def dead_letter(service: InferenceService, record: InputRecord, error: KmlError)
         ("kml-inference-id", service.settings.inference_id.encode()),
         *record.coordinate_headers(),
     ]
-    service.producer().send(
-        service.settings.dlq_topic, record.value, record.output_key.encode(), headers
-    )
+    service.producer().send(service.settings.dlq_topic, record.value, record.output_key, headers)
 
 
 def _int(value: Any) -> int | None:

@@ -52,9 +52,13 @@ class RunFailed(KmlError):
 
 
 def control_message_from_event(event: events.Event) -> ControlMessage:
-    """The control message of a ``dev.knative.kafka.event`` or ``kml.training.request``."""
+    """The control message of a ``dev.knative.kafka.event`` or ``kml.training.request``.
+
+    A Kafka record's deployment id is its key, Base64 in the ``key`` extension (the control
+    KafkaSource is labelled ``key-type: byte-array``): Kafka-ML's one byte 0..255 or a UTF-8 id.
+    """
     if event.type == events.KAFKA_EVENT:
-        return parse_control_message(event.body_bytes(), event.get("key"))
+        return parse_control_message(event.body_bytes(), events.record_key(event))
     if event.type == events.TRAINING_REQUEST:
         data = event.json()
         if not isinstance(data, dict):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from kafkaml.errors import BadRequest, InvalidEvent
-from kafkaml.events import new_event, parse_http, to_http
+from kafkaml.events import new_event, parse_http, record_key, to_http
 
 
 @pytest.mark.parametrize("structured", [False, True])
@@ -65,3 +67,39 @@ def test_invalid_json_data_is_a_400_naming_the_problem():
 def test_a_broken_structured_event_is_invalid():
     with pytest.raises(InvalidEvent):
         parse_http({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0"}')
+
+
+def test_attribute_values_are_taken_as_sent_never_percent_decoded():
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "partition:0/offset:1",
+        "ce-source": "/s",
+        "ce-type": "dev.knative.kafka.event",
+        "ce-kafkaheadertrace": "pct%41x 50%25 é",  # KafkaSource's dispatcher writes values raw
+    }
+    assert parse_http(headers, b"").get("kafkaheadertrace") == "pct%41x 50%25 é"
+
+
+@pytest.mark.parametrize(
+    "key", [bytes([i]) for i in (0, 7, 9, 10, 63, 127, 128, 200, 255)] + [b"pct%41x", b"\xd0\xba"]
+)
+def test_record_key_gives_back_the_exact_bytes_of_a_byte_array_source(key):
+    event = parse_http(
+        {
+            "ce-specversion": "1.0",
+            "ce-id": "partition:0/offset:1",
+            "ce-source": "/s",
+            "ce-type": "dev.knative.kafka.event",
+            "ce-key": base64.b64encode(key).decode(),
+        },
+        b"",
+    )
+    assert record_key(event) == key
+
+
+def test_a_key_that_is_not_base64_is_a_400_naming_the_label():
+    event = new_event("dev.knative.kafka.event", "/s", b"", key="pct%41x")
+    with pytest.raises(InvalidEvent, match="key-type: byte-array") as e:
+        record_key(event)
+    assert e.value.status == 400
+    assert record_key(new_event("dev.knative.kafka.event", "/s", b"")) is None

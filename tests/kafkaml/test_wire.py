@@ -59,6 +59,9 @@ def test_kafka_ml_message_with_one_byte_key():
         (b"42", "42"),
         ("300", "300"),
         (b"\xc8", "200"),
+        (b"\x00", "0"),
+        (b"\xff", "255"),
+        (b"\x09", "9"),
         ("M", "77"),
         ("dep-a.1", "dep-a.1"),
         (b"dep_b", "dep_b"),
@@ -73,7 +76,7 @@ def test_deployment_id_key_rule(key, expected):
     [
         (None, "missing"),
         (b"", "missing"),
-        ("\ufffd", "cannot pass Knative"),
+        ("\ufffd", "label the source key-type byte-array"),
         ("a/b", "is not a deployment id"),
         ("..", "is not a deployment id"),
         (b"\xff\xfe", "not UTF-8"),

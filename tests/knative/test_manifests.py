@@ -33,8 +33,18 @@ def test_every_build_validates_against_schemas_and_rules(crds, path):
 def test_every_topic_has_a_kafka_topic_in_the_strimzi_overlay(path):
     strimzi = build(KNATIVE / "overlays/strimzi-kafka")
     assert missing_topics(build(KNATIVE / path), strimzi) == []
-    topics = {d["metadata"]["name"] for d in strimzi if d["kind"] == "KafkaTopic"}
-    assert topics == {"kml-control", "kml-models", "kml-results", "kml-dlq"}
+    topics = {
+        d["spec"].get("topicName") or d["metadata"]["name"]
+        for d in strimzi
+        if d["kind"] == "KafkaTopic"
+    }
+    assert topics == {
+        "kml-control",
+        "KAFKA_ML_CONTROL_TOPIC",
+        "kml-models",
+        "kml-results",
+        "kml-dlq",
+    }
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed here")
@@ -77,13 +87,28 @@ def test_kafka_sources_have_group_explicit_delivery_ordering_and_dead_letter_top
     assert sink["spec"]["topic"] == "kml-dlq"
     for name, service in (("kml-models", "kml-register"), ("kml-control", "kml-train")):
         spec = by_name(docs, "KafkaSource", name)["spec"]
-        assert spec["topics"] == [name] and spec["consumerGroup"]
+        assert spec["topics"][0] == name and spec["consumerGroup"]
         assert spec["ordering"] == "ordered"
         assert spec["sink"]["ref"]["name"] == service
         delivery = spec["delivery"]
         assert delivery["backoffPolicy"] == "exponential" and delivery["retry"] >= 1
         assert delivery["deadLetterSink"]["ref"]["kind"] == "KafkaSink"
         assert delivery["deadLetterSink"]["ref"]["name"] == "kml-dlq"
+
+
+def test_sources_with_arbitrary_keys_deliver_them_as_base64():
+    """With the default string key type the dispatcher drops control-byte keys and sends
+    128..255 as '?': Kafka-ML's one-byte deployment ids need the byte-array key type."""
+    docs = build(KNATIVE / "base")
+    for name in ("kml-control", "kml-models"):
+        labels = by_name(docs, "KafkaSource", name)["metadata"]["labels"]
+        assert labels["kafkasources.sources.knative.dev/key-type"] == "byte-array", name
+
+
+def test_the_control_source_follows_kafka_mls_default_control_topic():
+    for path in BUILDS:
+        control = by_name(build(KNATIVE / path), "KafkaSource", "kml-control")["spec"]
+        assert control["topics"] == ["kml-control", "KAFKA_ML_CONTROL_TOPIC"], path
 
 
 def test_secrets_are_placeholders_and_settings_hold_none():

@@ -2,12 +2,14 @@
 
 Attributes as Knative's dispatcher sets them for a record that is not a CloudEvent: id
 ``partition:<P>/offset:<O>``, source ``.../kafkasources/<name>#<topic>``, ``key`` and
-``partitionkey``, one ``kafkaheader<name>`` per header, ``knativekafkapartition``/``offset``.
+``partitionkey`` (Base64: the inference KafkaSource's key type is byte-array), one
+``kafkaheader<name>`` per header, ``knativekafkapartition``/``offset``.
 No retries: the test wants to see every status.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 import time
@@ -53,7 +55,7 @@ def ce_headers(
         "Kn-Namespace": "default",
     }
     if key is not None:
-        out["ce-key"] = out["ce-partitionkey"] = key.decode()
+        out["ce-key"] = out["ce-partitionkey"] = base64.b64encode(key).decode()
     for name, value in headers or []:
         if name.lower() == "content-type":
             out["ce-datacontenttype"] = value.decode().lower()

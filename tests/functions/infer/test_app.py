@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,9 +24,8 @@ def _kafka_headers(partition: int, offset: int, key: str | None = None, **extra:
         "ce-knativekafkapartition": str(partition),
         "ce-knativekafkaoffset": str(offset),
     }
-    if key is not None:
-        headers["ce-key"] = key
-        headers["ce-partitionkey"] = key
+    if key is not None:  # the inference KafkaSource's key type is byte-array: Base64
+        headers["ce-key"] = headers["ce-partitionkey"] = base64.b64encode(key.encode()).decode()
     headers.update({f"ce-{k}": v for k, v in extra.items()})
     return headers
 

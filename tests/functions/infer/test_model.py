@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +71,15 @@ def test_input_record_reads_knative_kafka_attributes():
         id="partition:3/offset:17",
         source="/apis/v1/namespaces/ns/kafkasources/src#my.topic",
         data=b"\x00\x01",
-        attributes={"key": "k1", "kafkaheadercontentencoding": "gzip", "kafkaheadertraceid": "t-9"},
+        attributes={
+            "key": base64.b64encode(b"k1\xff\x07").decode(),  # a byte-array source's key
+            "kafkaheadercontentencoding": "gzip",
+            "kafkaheadertraceid": "t-9",
+        },
     )
     record = input_record(event)
     assert (record.topic, record.partition, record.offset) == ("my.topic", 3, 17)
-    assert record.value == b"\x00\x01" and record.output_key == "k1"
+    assert record.value == b"\x00\x01" and record.output_key == b"k1\xff\x07"
     assert dict(record.headers) == {"contentencoding": b"gzip", "traceid": b"t-9"}
     keyless = input_record(
         Event(
@@ -84,6 +89,9 @@ def test_input_record_reads_knative_kafka_attributes():
             attributes={"knativekafkaoffset": "6"},
         )
     )
-    assert keyless.output_key == "t:0:6"  # the knativekafka* extensions win over the id
+    assert keyless.output_key == b"t:0:6"  # the knativekafka* extensions win over the id
     with pytest.raises(InvalidEvent):
         input_record(Event(type="kml.inference.request", source="/x"))
+    text_key = Event(type="dev.knative.kafka.event", source="/x#t", attributes={"key": "k 1"})
+    with pytest.raises(InvalidEvent, match="key-type: byte-array"):
+        input_record(text_key)  # a source delivering keys as text would lose bytes

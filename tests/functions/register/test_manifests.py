@@ -96,5 +96,11 @@ def test_source_feeds_the_service_and_dead_letters(docs):
     assert delivery["deadLetterSink"]["ref"]["name"] == SETTINGS.dlq_topic
 
 
+def test_source_delivers_input_keys_as_base64_so_every_byte_survives(docs):
+    labels = docs[1]["metadata"]["labels"]
+    assert labels["kafkasources.sources.knative.dev/key-type"] == "byte-array"
+    assert labels["app.kubernetes.io/name"] == "kml-infer"
+
+
 def test_yaml_round_trips(docs):
     assert list(yaml.safe_load_all(to_yaml(docs))) == docs

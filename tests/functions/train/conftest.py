@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -17,9 +17,6 @@ from confluent_kafka import Consumer, TopicPartition
 from kafkaml.settings import Settings
 from storage.registry import Registry
 from tests.functions.train import worker
-
-# CloudEvents HTTP binding: printable ASCII except space, '"' and '%' pass unencoded.
-_CE_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +126,8 @@ def harness(settings, registry, tf_child, model_json, unique) -> Harness:
 def kafkasource_request(
     msg, source: str = "kml-train", namespace: str = "default"
 ) -> tuple[dict[str, str], bytes]:
-    """Headers and body KafkaSource sends for a raw (non-CloudEvent) record, string key type."""
+    """Headers and body KafkaSource sends for a raw (non-CloudEvent) record, byte-array key type
+    (the key Base64); header values go out raw, as the dispatcher sends them."""
     p, o, topic = msg.partition(), msg.offset(), msg.topic()
     stamp = datetime.fromtimestamp(msg.timestamp()[1] / 1000, UTC)
     headers = {
@@ -144,15 +142,15 @@ def kafkasource_request(
         "Prefer": "reply",
         "Kn-Namespace": namespace,
     }
-    if msg.key() is not None:  # Java's new String(bytes, UTF_8): invalid bytes become U+FFFD
-        key = quote(msg.key().decode("utf-8", errors="replace"), safe=_CE_SAFE)
+    if msg.key() is not None:
+        key = base64.b64encode(msg.key()).decode()
         headers["ce-key"] = headers["ce-partitionkey"] = key
     for name, value in msg.headers() or []:
         if name.lower() == "content-type":
             headers["ce-datacontenttype"] = value.decode().lower()
         else:
             ext = "".join(c for c in name.lower() if c.isascii() and c.isalnum())
-            headers[f"ce-kafkaheader{ext}"] = quote(value.decode(errors="replace"), safe=_CE_SAFE)
+            headers[f"ce-kafkaheader{ext}"] = value.decode(errors="replace")
     return headers, msg.value()
 
 
