@@ -96,7 +96,7 @@ def follow_training(settings: Settings, run_id: str, start: dict[int, int]) -> d
             shown = " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
             bar.update(
                 task,
-                completed=data.get("epoch", 0) + 1,
+                completed=data.get("epoch", 0),  # epochs count from 1
                 total=data.get("epochs", EPOCHS),
                 metrics=shown,
             )
@@ -142,12 +142,9 @@ def main() -> int:
     client = RegisterClient.from_settings(settings)
     model = client.register_model(model_definition(f"digits-mlp-{tag}"))
     step(
-        f"registered model {model['name']} v{model['version']} "
-        f"({model.get('params', model.get('param_count', '?'))} parameters)"
+        f"registered model {model['name']} v{model['version']} ({model['param_count']} parameters)"
     )
-    deployment = client.create_deployment(
-        models=[model["name"]], batch_size=32, epochs=EPOCHS, shuffle=True, seed=42
-    )
+    deployment = client.create_deployment(models=[model["name"]], epochs=EPOCHS, seed=42)
     step(f"created training deployment {deployment['id']}")
 
     images, labels = digits()
@@ -189,7 +186,7 @@ def main() -> int:
     for t in (input_topic, output_topic):
         ensure_topic(settings.kafka_bootstrap, t, partitions=3)
     inference = client.create_inference(
-        run_id=run_id, input_topic=input_topic, output_topic=output_topic, min_scale=0, max_scale=3
+        run_id=run_id, input_topic=input_topic, output_topic=output_topic, max_scale=3
     )
     url, pid = start_local_inference(settings, inference["id"])
     wait_for_source(settings, inference["id"])

@@ -50,19 +50,8 @@ from storage.records import (
     same_content,
     stamped,
 )
+from storage.specs import Deployment, InferenceSpec
 
-INFERENCE_FIELDS = (
-    "id",
-    "run_id",
-    "model",
-    "input_format",
-    "input_config",
-    "input_topic",
-    "output_topic",
-    "min_scale",
-    "max_scale",
-    "target_concurrency",
-)
 _CREATE_ATTEMPTS = 20
 
 
@@ -193,6 +182,7 @@ class Registry:
     # -- deployments --------------------------------------------------------------------------
     def create_deployment(self, record: dict[str, Any]) -> dict[str, Any]:
         """Pin the models; ``id`` chosen by the user or the next free small integer."""
+        record = Deployment.from_dict(record).to_dict()  # the defaults, for what is not given
         config = record.get("configuration")
         if config is not None:
             refs = self.get_configuration(config)["models"]
@@ -315,7 +305,7 @@ class Registry:
 
     # -- inference specs ----------------------------------------------------------------------
     def create_inference(self, record: dict[str, Any]) -> dict[str, Any]:
-        missing = [f"{f}: required" for f in INFERENCE_FIELDS if f != "id" and f not in record]
+        missing = [f"{f}: required" for f in InferenceSpec.stored_fields() if f not in record]
         if missing:
             raise ValidationFailed("incomplete inference spec", missing)
         inference_id = record.get("id") or uuid.uuid4().hex[:12]
@@ -326,10 +316,13 @@ class Registry:
 
     def put_inference_manifests(self, inference_id: str, yaml_text: str) -> str:
         """Store the rendered manifests next to the spec; returns the key."""
-        check_name("inference id", inference_id)
-        key = f"inference/{inference_id}.yaml"
+        key = self._manifests_key(inference_id)
         self._store.put(key, yaml_text.encode(), content_type="application/yaml")
         return key
+
+    def get_inference_manifests(self, inference_id: str) -> str:
+        """The manifests stored next to the spec; ``NotFound`` when there are none."""
+        return self._store.get(self._manifests_key(inference_id)).body.decode()
 
     def get_inference(self, inference_id: str) -> dict[str, Any]:
         check_name("inference id", inference_id)
@@ -369,6 +362,10 @@ class Registry:
     @staticmethod
     def _run_key(run_id: str) -> str:
         return f"runs/{run_id}/status.json"
+
+    @staticmethod
+    def _manifests_key(inference_id: str) -> str:
+        return f"inference/{check_name('inference id', inference_id)}.yaml"
 
     def _create(self, key: str, record: dict[str, Any], what: str) -> None:
         try:

@@ -19,15 +19,9 @@ import numpy as np
 
 from functions.train.dataset import Dataset
 from kafkaml.errors import KmlError, ValidationFailed
+from storage.records import DEFAULT_OPTIMIZER, KERAS_FILE, Model
+from storage.specs import Deployment
 
-FIT_KWARGS = {
-    "class_weight",
-    "initial_epoch",
-    "validation_freq",
-    "steps_per_epoch",
-    "validation_steps",
-}
-EVALUATE_KWARGS = {"steps"}
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -54,18 +48,18 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:300] if text else ''}"
 
 
-def build_model(record: dict[str, Any], load_file: Callable[[str, str], None]) -> Any:
+def build_model(record: Model, load_file: Callable[[str, str], None]) -> Any:
     """A Keras model from a model record: ``keras_json`` config or ``.keras`` file, safe mode."""
     import keras
 
-    name = record.get("name", "?")
+    name = record.name
     try:
-        if record.get("format") == "keras_file":
+        if record.format == KERAS_FILE:
             with tempfile.TemporaryDirectory() as tmp:
                 path = str(Path(tmp) / "model.keras")
-                load_file(record["keras_file"], path)
+                load_file(record.keras_file, path)
                 return keras.saving.load_model(path, compile=False, safe_mode=True)
-        config = record.get("keras_json")
+        config = record.keras_json
         config = json.loads(config) if isinstance(config, str) else config
         return keras.saving.deserialize_keras_object(config, safe_mode=True)
     except KmlError:
@@ -81,7 +75,7 @@ def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: fl
 
     spec = spec or {}
     try:
-        opt = spec.get("optimizer") or "adam"
+        opt = spec.get("optimizer") or DEFAULT_OPTIMIZER
         opt_cfg = {"class_name": opt, "config": {}} if isinstance(opt, str) else copy.deepcopy(opt)
         if learning_rate is not None:
             opt_cfg.setdefault("config", {})["learning_rate"] = float(learning_rate)
@@ -111,40 +105,26 @@ def _classes(values: np.ndarray, probabilities: bool) -> np.ndarray:
     return (flat > 0.5).astype(np.int64) if probabilities else np.rint(flat).astype(np.int64)
 
 
-def _allowed(
-    kwargs: dict[str, Any] | None, allowed: set[str], what: str, name: str
-) -> dict[str, Any]:
-    kwargs = dict(kwargs or {})
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ModelFailed(
-            f"model {name}: {what} {unknown} are not allowed",
-            [f"{what}: {k} is not one of {sorted(allowed)}" for k in unknown],
-        )
-    return kwargs
-
-
 def train_model(
-    record: dict[str, Any],
-    deployment: dict[str, Any],
+    stored_model: dict[str, Any],
+    stored_deployment: dict[str, Any],
     data: Dataset,
     on_epoch: EpochCallback,
     load_file: Callable[[str, str], None],
 ) -> TrainedModel:
     """Fit one model on ``data`` and evaluate it on the test split (or validation if no test)."""
+    record, deployment = Model.from_dict(stored_model), Deployment.from_dict(stored_deployment)
+    name = record.name
+    refused = deployment.keyword_problems()  # checked when created; the record may be older
+    if refused:
+        raise ModelFailed(f"model {name}: deployment {deployment.id} keywords refused", refused)
     import keras
 
-    name = record.get("name", "model")
     keras.utils.set_random_seed(data.seed)
     model = build_model(record, load_file)
-    spec = record.get("compile") or {}
-    compile_model(model, name, spec, deployment.get("learning_rate"))
-    fit_kwargs = _allowed(deployment.get("fit_kwargs"), FIT_KWARGS, "fit_kwargs", name)
-    eval_kwargs = _allowed(
-        deployment.get("evaluate_kwargs"), EVALUATE_KWARGS, "evaluate_kwargs", name
-    )
-    batch_size = int(deployment.get("batch_size") or 32)
-    epochs = int(deployment.get("epochs") or 1)
+    spec = record.compile
+    compile_model(model, name, spec, deployment.learning_rate)
+    batch_size, epochs = deployment.batch_size, deployment.epochs
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -161,11 +141,11 @@ def train_model(
             data.train.y,
             batch_size=batch_size,
             epochs=epochs,
-            shuffle=bool(deployment.get("shuffle", True)),
+            shuffle=deployment.shuffle,
             validation_data=validation,
             callbacks=[Progress()],
             verbose=0,
-            **fit_kwargs,
+            **deployment.fit_kwargs,
         )
     except (ValueError, TypeError) as e:  # shapes or dtypes that do not fit the model
         raise ModelFailed(
@@ -188,7 +168,12 @@ def train_model(
     if len(held_out):
         x_held = held_out.x.astype(np.float32, copy=False)
         scores = model.evaluate(
-            x_held, held_out.y, batch_size=batch_size, verbose=0, return_dict=True, **eval_kwargs
+            x_held,
+            held_out.y,
+            batch_size=batch_size,
+            verbose=0,
+            return_dict=True,
+            **deployment.evaluate_kwargs,
         )
         metrics["test" if len(data.test) else "evaluated_on_validation"] = {
             k: float(v) for k, v in scores.items()

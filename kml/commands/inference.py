@@ -63,7 +63,7 @@ def manifests_yaml(settings: Settings, inference_id: str) -> str:
 
     registry = Registry.from_settings(settings)
     try:
-        return registry.store.get(f"inference/{inference_id}.yaml").body.decode()
+        return registry.get_inference_manifests(inference_id)
     except NotFound:
         pass
     from kafkaml.manifests import render_inference_manifests, to_yaml

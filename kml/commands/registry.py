@@ -19,8 +19,12 @@ import typer
 from rich.table import Table
 
 from kafkaml.errors import BadRequest, ValidationFailed
+from kafkaml.manifests import Scaling
+from kafkaml.wire import FORMATS
 from kml.client import RegisterClient
 from kml.commands.common import console, err_console, friendly_errors, load_settings
+from storage.records import COMPILE_FIELDS, Model
+from storage.specs import Deployment
 
 models_app = typer.Typer(help="Step A: register and inspect models.", no_args_is_help=True)
 configurations_app = typer.Typer(
@@ -44,6 +48,9 @@ ModelRefs = typer.Argument(..., help="Model refs: name or name@version.")
 ModelOption = typer.Option(
     None, "--model", "-m", help="A model ref instead of a configuration (repeat for several)."
 )
+DEPLOYMENT = Deployment()
+"""A deployment of nothing but defaults: the options below show the register function's."""
+SCALING = Scaling()
 
 
 @contextmanager
@@ -138,7 +145,7 @@ def definition_from_python(path: Path) -> dict[str, Any]:
     spec = scope.get("COMPILE")
     if spec is None and getattr(model, "compiled", False):
         config = model.get_compile_config() or {}
-        spec = {k: config[k] for k in ("optimizer", "loss", "metrics") if config.get(k)}
+        spec = {k: config[k] for k in COMPILE_FIELDS if config.get(k)}
     data: dict[str, Any] = {"keras_json": model.to_json()}
     if spec is not None:
         data["compile"] = spec
@@ -153,15 +160,15 @@ def models_list() -> None:
     """Every model with its latest version."""
     with _talking():
         table = Table("name", "latest", "versions", "params", "input", "output", "created")
-        for m in _client().get("/models"):
+        for m in map(Model.from_dict, _client().get("/models")):
             table.add_row(
-                m["name"],
-                str(m["version"]),
-                ",".join(map(str, m["versions"])),
-                str(m.get("param_count", "-")),
-                _shape(m.get("input_shape")),
-                _shape(m.get("output_shape")),
-                m.get("created", ""),
+                m.name,
+                str(m.version),
+                ",".join(map(str, m.extra["versions"])),
+                "-" if m.param_count is None else str(m.param_count),
+                _shape(m.input_shape),
+                _shape(m.output_shape),
+                m.created or "",
             )
         console.print(table)
 
@@ -219,9 +226,9 @@ def configurations_show(name: str) -> None:
 def deployments_create(
     configuration: str | None = typer.Option(None, "--configuration", "-c"),
     model: list[str] | None = ModelOption,
-    epochs: int = typer.Option(1, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    shuffle: bool = typer.Option(True, "--shuffle/--no-shuffle"),
+    epochs: int = typer.Option(DEPLOYMENT.epochs, "--epochs"),
+    batch_size: int = typer.Option(DEPLOYMENT.batch_size, "--batch-size"),
+    shuffle: bool = typer.Option(DEPLOYMENT.shuffle, "--shuffle/--no-shuffle"),
     seed: int | None = typer.Option(None, "--seed"),
     learning_rate: float | None = typer.Option(None, "--learning-rate"),
     deployment_id: str | None = typer.Option(
@@ -258,14 +265,14 @@ def deployments_create(
 def deployments_list() -> None:
     with _talking():
         table = Table("id", "configuration", "models", "epochs", "batch", "created")
-        for d in _client().get("/deployments"):
+        for d in map(Deployment.from_dict, _client().get("/deployments")):
             table.add_row(
-                d["id"],
-                d.get("configuration") or "-",
-                ", ".join(d["models"]),
-                str(d.get("epochs")),
-                str(d.get("batch_size")),
-                d.get("created", ""),
+                d.id,
+                d.configuration or "-",
+                ", ".join(d.models),
+                str(d.epochs),
+                str(d.batch_size),
+                d.created or "",
             )
         console.print(table)
 
@@ -285,12 +292,20 @@ def inference_create(
     model: str | None = typer.Option(None, "--model", help="Default: the run's only model."),
     inference_id: str | None = typer.Option(None, "--id"),
     input_format: str | None = typer.Option(
-        None, "--input-format", help="RAW, AVRO or JSON (default: the run's)."
+        None, "--input-format", help=f"{', '.join(FORMATS)} (default: the run's)."
     ),
     input_config: str | None = typer.Option(None, "--input-config", help="JSON object."),
-    min_scale: int | None = typer.Option(None, "--min-scale"),
-    max_scale: int | None = typer.Option(None, "--max-scale"),
-    target_concurrency: int | None = typer.Option(None, "--target-concurrency"),
+    min_scale: int | None = typer.Option(
+        None, "--min-scale", help=f"Replicas when idle (default {SCALING.min_scale})."
+    ),
+    max_scale: int | None = typer.Option(
+        None, "--max-scale", help=f"Most replicas (default {SCALING.max_scale})."
+    ),
+    target_concurrency: int | None = typer.Option(
+        None,
+        "--target-concurrency",
+        help=f"Requests in flight per replica (default {SCALING.target_concurrency}).",
+    ),
     image: str | None = typer.Option(None, "--image"),
     show_yaml: bool = typer.Option(False, "--yaml", help="Print the rendered manifests."),
 ) -> None:

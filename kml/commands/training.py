@@ -20,6 +20,7 @@ from kafkaml.wire import (
     to_control_message_bytes,
 )
 from kml.commands.common import console, err_console, friendly_errors, load_settings
+from storage.records import Datasource, Run
 
 runs_app = typer.Typer(help="Training runs: status, metrics and artifacts.", no_args_is_help=True)
 datasources_app = typer.Typer(help="Stored control messages (data streams).", no_args_is_help=True)
@@ -185,14 +186,14 @@ def show(run_id: str = typer.Argument(..., help="Run id (printed by kml train)."
 
     with friendly_errors():
         registry = Registry.from_settings(load_settings())
-        run, _ = registry.get_run(run_id)
+        run = Run.from_dict(registry.get_run(run_id)[0])
         console.print(
-            f"run {run_id}: [bold]{run['status']}[/]  deployment "
-            f"{run.get('deployment_id')}  splits {run.get('splits', '-')}"
+            f"run {run_id}: [bold]{run.status}[/]  deployment "
+            f"{run.deployment_id}  splits {run.extra.get('splits', '-')}"
         )
-        if run.get("reason"):
-            console.print(f"reason: {run['reason']}")
-        for name, result in (run.get("models") or {}).items():
+        if run.reason:
+            console.print(f"reason: {run.reason}")
+        for name, result in run.models.items():
             metrics = result.get("metrics", {})
             scores = metrics.get("test") or metrics.get("evaluated_on_validation") or {}
             console.print(
@@ -226,8 +227,10 @@ def reuse(
 
     with friendly_errors():
         settings = load_settings()
-        stored = Registry.from_settings(settings).get_datasource(datasource_id)
-        message = republish(settings, stored["control_message"], deployment, kafka_ml_key)
+        stored = Datasource.from_dict(
+            Registry.from_settings(settings).get_datasource(datasource_id)
+        )
+        message = republish(settings, stored.control_message, deployment, kafka_ml_key)
         console.print(
             f"control message for deployment {deployment} on {settings.control_topic}"
             f"; run {message.run_id()}"
