@@ -23,8 +23,11 @@ from functools import cached_property
 from typing import Any
 
 from kafkaml.codecs import (
+    AvroCodec,
     Codec,
     InvalidControlMessage,
+    JsonCodec,
+    RawCodec,
     UndecodableRecord,
     codec_for,
     codec_problems,
@@ -44,9 +47,12 @@ __all__ = [
     "to_control_message_bytes",
 ]
 
-FORMATS = ("RAW", "AVRO", "JSON")
+FORMATS = tuple(codec.input_format for codec in (RawCodec, AvroCodec, JsonCodec))
+"""The record formats a control message or an inference spec may name: one codec each."""
 TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+"""A Kafka topic name (Kafka's own rule)."""
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+"""A deployment id, and every registry name and id: one S3 key segment, no '/'."""
 _REPLACEMENT = "\ufffd"
 
 
