@@ -1,9 +1,11 @@
 """One KafkaSource played locally: consume with its group, dispatch, commit contiguous offsets.
 
 The consumer is touched only by the loop thread; deliveries run on a thread pool and report
-back through a queue. Ordered sources keep one event in flight per partition, unordered ones up
-to 50 in all. Finished offsets are committed every ``commit_interval_s``, on revocation and at
-stop; a delivery cut short by a stop is not finished, so it is delivered again next time.
+back through a queue. Ordered sources keep one event in flight per partition. Unordered ones
+send every record of a poll batch (up to 50) at once and pause polling while 50 or more are in
+flight, so up to 99 can be in flight (49 plus a whole batch). Finished offsets are committed
+every ``commit_interval_s``, on revocation and at stop; a delivery cut short by a stop is not
+finished, so it is delivered again next time.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from kml.dev.bridge.delivery import Deliverer, Outcome
 from kml.dev.bridge.events import Record, record_to_event
 from kml.dev.bridge.offsets import OffsetTracker
-from kml.dev.bridge.sources import UNORDERED_IN_FLIGHT, SourceSpec
+from kml.dev.bridge.sources import UNORDERED_IN_FLIGHT, UNORDERED_POLL_BATCH, SourceSpec
 
 log = logging.getLogger("kml.bridge")
 
 PAUSE_ABOVE = 200
 RESUME_BELOW = 50
+"""Ordered sources: a partition's local queue bounds (records waiting for their turn)."""
+ORDERED_POLL_BATCH = 100
 
 TP = tuple[str, int]
 
@@ -54,6 +58,7 @@ class SourceConsumer:
         self._queues: dict[TP, deque[Record]] = {}
         self._in_flight: dict[TP, int] = {}
         self._paused: set[TP] = set()
+        self._polling_paused = False
         self._done: queue.Queue[tuple[TP, int, Outcome]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
@@ -100,12 +105,14 @@ class SourceConsumer:
             on_lost=self._on_revoke,
         )
         pool = ThreadPoolExecutor(
-            max_workers=UNORDERED_IN_FLIGHT, thread_name_prefix=f"deliver-{spec.name}"
+            max_workers=UNORDERED_IN_FLIGHT + UNORDERED_POLL_BATCH,
+            thread_name_prefix=f"deliver-{spec.name}",
         )
+        batch = ORDERED_POLL_BATCH if spec.ordered else UNORDERED_POLL_BATCH
         last_commit = time.monotonic()
         try:
             while not self.stop_event.is_set():
-                self._take(self._consumer.consume(100, timeout=self.poll_timeout_s))
+                self._take(self._consumer.consume(batch, timeout=self.poll_timeout_s))
                 self._drain()
                 self._dispatch(pool)
                 self._flow_control()
@@ -169,19 +176,12 @@ class SourceConsumer:
                 self.tracker.finished(tp[0], tp[1], offset)
 
     def _dispatch(self, pool: ThreadPoolExecutor) -> None:
-        total = sum(self._in_flight.values())
-        progress = True
-        while progress and total < UNORDERED_IN_FLIGHT:
-            progress = False
-            for tp, pending in self._queues.items():
-                if not pending or total >= UNORDERED_IN_FLIGHT:
-                    continue
-                if self.spec.ordered and self._in_flight.get(tp, 0) >= 1:
-                    continue
+        """Ordered: the next record of every partition with nothing in flight. Unordered: every
+        record polled (polling itself pauses at 50 in flight)."""
+        for tp, pending in self._queues.items():
+            while pending and not (self.spec.ordered and self._in_flight.get(tp, 0) >= 1):
                 record = pending.popleft()
                 self._in_flight[tp] = self._in_flight.get(tp, 0) + 1
-                total += 1
-                progress = True
                 pool.submit(self._deliver, tp, record)
 
     def _deliver(self, tp: TP, record: Record) -> None:
@@ -202,6 +202,15 @@ class SourceConsumer:
         self._done.put((tp, record.offset, outcome))
 
     def _flow_control(self) -> None:
+        if not self.spec.ordered:
+            in_flight = sum(self._in_flight.values())
+            if not self._polling_paused and in_flight >= UNORDERED_IN_FLIGHT:
+                self._consumer.pause(self._consumer.assignment())
+                self._polling_paused = True
+            elif self._polling_paused and in_flight < UNORDERED_IN_FLIGHT:
+                self._consumer.resume(self._consumer.assignment())
+                self._polling_paused = False
+            return
         for tp, pending in self._queues.items():
             if tp in self._paused and len(pending) < RESUME_BELOW:
                 self._consumer.resume([TopicPartition(*tp)])
@@ -241,6 +250,7 @@ class SourceConsumer:
             self.assigned.add((tp.topic, tp.partition))
             self.tracker.assign(tp.topic, tp.partition)
         self._paused.clear()
+        self._polling_paused = False
         log.info(
             "partitions assigned",
             extra={

@@ -2,7 +2,11 @@
 
 ``Deliverer.deliver`` POSTs in binary mode, retries 5xx/404/408/409/429, connection errors and
 timeouts with the source's backoff (no jitter, ``Retry-After`` ignored), then hands the event
-to the dead-letter sink with ``knativeerror*`` and ``kne-*`` extensions, or drops it and logs.
+to the dead-letter sink (sent with the same retry policy) with ``knativeerror*`` extensions and
+one extension per ``kne-*`` response header, or drops it and logs. An event whose attribute
+holds a control character cannot be put in an HTTP header: every attempt, the dead-letter
+sends included, fails before anything is sent, and the record is dropped once the retry
+schedules have run (its offset is committed like any finished record).
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import base64
 import enum
 import json
 import logging
-import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,13 @@ import requests
 
 from kafkaml.errors import is_retried
 from kml.dev.bridge.events import OutgoingEvent, to_http_binary, to_kafka_binary
+from kml.dev.bridge.rendering import Unsendable
 from kml.dev.bridge.sources import DeliveryPolicy, SinkRef, SourceSpec
 
 log = logging.getLogger("kml.bridge")
 
 ERROR_DATA_MAX_BYTES = 1024
-_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+KNE_PREFIX = "kne-"
 
 
 class Outcome(enum.Enum):
@@ -50,6 +55,8 @@ class Attempt:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    refused: bool = False
+    """The request was never sent: a header value the HTTP client will not write."""
 
     @property
     def ok(self) -> bool:
@@ -61,14 +68,17 @@ class Attempt:
 
 
 def error_extensions(destination: str, last: Attempt) -> dict[str, str]:
-    """What the dead-letter sink gets on top of the event (Knative's RecordDispatcherImpl)."""
+    """What the dead-letter sink gets on top of the event: the destination always; the last
+    status, one extension per ``kne-*`` response header (the prefix stripped, the rest
+    lower-cased, nothing else changed) and the first 1024 bytes of the body when there was an
+    answer (none after a timeout or a connection error)."""
     ext = {"knativeerrordest": destination}
     if last.status is None:
         return ext
     ext["knativeerrorcode"] = str(last.status)
     for name, value in last.headers.items():
-        if name.lower().startswith("kne-"):
-            ext[_NOT_ALNUM.sub("", name[4:].lower())] = value
+        if name.lower().startswith(KNE_PREFIX) and len(name) > len(KNE_PREFIX):
+            ext[name[len(KNE_PREFIX) :].lower()] = value
     if last.body:
         ext["knativeerrordata"] = base64.b64encode(last.body[:ERROR_DATA_MAX_BYTES]).decode()
     return ext
@@ -132,36 +142,40 @@ class Deliverer:
             return Outcome.DELIVERED
         fields = {**where, "status": last.status, "error": last.error, "sink": dest}
         if policy.dead_letter is None:
+            self._log_drop(last, fields)
+            return Outcome.DROPPED
+        dead = event.with_extensions(error_extensions(dest, last))
+        to_dls = self._send_with_retries(
+            dead, spec, policy.dead_letter, policy, {**where, "to": "dead-letter"}
+        )
+        if to_dls is None:
+            return Outcome.ABORTED
+        fields["dead_letter"] = str(policy.dead_letter)
+        if to_dls.ok:
+            log.warning("dead-lettered", extra={"fields": fields})
+            return Outcome.DEAD_LETTERED
+        if to_dls.refused:
+            self._log_drop(to_dls, fields)
+            return Outcome.DROPPED
+        log.error(
+            "dead-letter sink failed too; the record is given up like Knative does",
+            extra={"fields": {**fields, "dead_letter_error": to_dls.error}},
+        )
+        return Outcome.DEAD_LETTER_FAILED
+
+    def _log_drop(self, last: Attempt, fields: dict[str, Any]) -> None:
+        if last.refused:
+            log.error(
+                "DROPPED: the event cannot be sent over HTTP (Knative's dispatcher refuses it "
+                "the same way: no delivery, no dead letter, the offset is committed); label "
+                "the KafkaSource key-type byte-array when the key is binary",
+                extra={"fields": fields},
+            )
+        else:
             log.error(
                 "dropped: delivery failed and the source has no dead-letter sink",
                 extra={"fields": fields},
             )
-            return Outcome.DROPPED
-        dead = event.with_extensions(error_extensions(dest, last))
-        if self._dead_letter(dead, spec, policy, where):
-            log.warning(
-                "dead-lettered",
-                extra={"fields": {**fields, "dead_letter": str(policy.dead_letter)}},
-            )
-            return Outcome.DEAD_LETTERED
-        if self.stop.is_set():
-            return Outcome.ABORTED
-        log.error(
-            "dead-letter sink failed too; the record is given up like Knative does",
-            extra={"fields": {**fields, "dead_letter": str(policy.dead_letter)}},
-        )
-        return Outcome.DEAD_LETTER_FAILED
-
-    def _dead_letter(
-        self, event: OutgoingEvent, spec: SourceSpec, policy: DeliveryPolicy, where: dict[str, Any]
-    ) -> bool:
-        ref = policy.dead_letter
-        assert ref is not None
-        topic = self.resolver.kafka_topic(ref)
-        if topic is not None:
-            return self._produce(topic, event, where)
-        last = self._send_with_retries(event, spec, ref, policy, {**where, "to": "dead-letter"})
-        return last is not None and last.ok
 
     def _send_with_retries(
         self,
@@ -171,15 +185,12 @@ class Deliverer:
         policy: DeliveryPolicy,
         where: dict[str, Any],
     ) -> Attempt | None:
-        headers, body = to_http_binary(event, spec.namespace)
+        """Attempts until success, a status that is not retried, or ``policy.retry`` retries;
+        None when the bridge stops meanwhile."""
+        send = self._sender(event, spec, ref, where)
         attempt = 0
         while True:
-            url = self.resolver.url(ref)
-            last = (
-                self._post(url, headers, body, policy.timeout_s)
-                if url
-                else Attempt(error=f"no local address for sink {ref}")
-            )
+            last = send()
             if last.ok or not last.retryable or attempt >= policy.retry:
                 return last
             attempt += 1
@@ -199,7 +210,29 @@ class Deliverer:
             if self.stop.wait(delay):
                 return None
 
-    def _post(self, url: str, headers: dict[str, str], body: bytes, timeout_s: float) -> Attempt:
+    def _sender(
+        self, event: OutgoingEvent, spec: SourceSpec, ref: SinkRef, where: dict[str, Any]
+    ) -> Callable[[], Attempt]:
+        """One attempt at sending ``event`` to ``ref`` (a KafkaSink is reached over HTTP on a
+        cluster too, so its header rules apply before the record is produced)."""
+        try:
+            headers, body = to_http_binary(event, spec.namespace)
+        except Unsendable as e:
+            refused = Attempt(error=str(e), refused=True)
+            return lambda: refused
+        topic = self.resolver.kafka_topic(ref)
+        if topic is not None:
+            return lambda: self._produce(topic, event, where)
+
+        def post() -> Attempt:
+            url = self.resolver.url(ref)
+            if not url:
+                return Attempt(error=f"no local address for sink {ref}")
+            return self._post(url, headers, body, spec.delivery.timeout_s)
+
+        return post
+
+    def _post(self, url: str, headers: dict[str, bytes], body: bytes, timeout_s: float) -> Attempt:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
@@ -215,10 +248,9 @@ class Deliverer:
             status=resp.status_code, body=resp.content or b"", headers=dict(resp.headers)
         )
 
-    def _produce(self, topic: str, event: OutgoingEvent, where: dict[str, Any]) -> bool:
+    def _produce(self, topic: str, event: OutgoingEvent, where: dict[str, Any]) -> Attempt:
         if self.producer is None:
-            log.error("no Kafka producer for the dead-letter topic", extra={"fields": where})
-            return False
+            return Attempt(error="no Kafka producer for the dead-letter topic")
         key, value, headers = to_kafka_binary(event)
         result: list[Any] = []
         self.producer.produce(
@@ -230,9 +262,7 @@ class Deliverer:
         )
         self.producer.flush(self.kafka_timeout_s)
         if not result or result[0] is not None:
-            log.error(
-                "could not produce to the dead-letter topic",
-                extra={"fields": {**where, "topic": topic, "error": str(result[:1])}},
-            )
-            return False
-        return True
+            error = f"could not produce to {topic}: {result[:1]}"
+            log.error(error, extra={"fields": {**where, "topic": topic}})
+            return Attempt(error=error)
+        return Attempt(status=202)

@@ -1,8 +1,11 @@
 """What KafkaSource makes of a Kafka record, and how the event travels (pure functions).
 
-``record_to_event`` synthesizes the attributes of a raw record or passes a record that already
-is a CloudEvent through; ``to_http_binary`` and ``to_kafka_binary`` write an event in binary
-content mode. The rules are docs/knative-kafkasource.md "What KafkaSource sends".
+``record_to_event`` passes a record that is a valid CloudEvent through (its own attributes, the
+``time`` re-rendered, structured data re-serialised as Jackson writes it) and wraps every other
+record, including one that only looks like a CloudEvent, as a ``dev.knative.kafka.event``.
+``to_http_binary`` writes an event in binary content mode exactly as the dispatcher's HTTP client
+puts it on the wire (``rendering.header_value``); ``to_kafka_binary`` is the record a KafkaSink
+writes from what it received.
 """
 
 from __future__ import annotations
@@ -11,16 +14,23 @@ import base64
 import json
 import re
 import struct
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
+from kml.dev.bridge.rendering import (
+    as_received,
+    header_value,
+    jackson_json,
+    java_float,
+    java_instant,
+    java_time,
+)
 from kml.dev.bridge.sources import SourceSpec
 
 KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
 STRUCTURED = "application/cloudevents+json"
+REQUIRED = ("specversion", "id", "source", "type")
+SPECVERSIONS = ("1.0", "0.3")
 _NOT_ALNUM = re.compile(r"[^a-z0-9]")
 
 
@@ -66,38 +76,13 @@ class OutgoingEvent:
         return replace(self, attributes={**self.attributes, **extensions})
 
 
-@dataclass
-class _Parsed:
-    attributes: dict[str, str] = field(default_factory=dict)
-    data: bytes = b""
-
-
-def rfc3339_millis(timestamp_ms: int) -> str:
-    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{timestamp_ms % 1000:03d}Z"
+class NotACloudEvent(ValueError):
+    """A record that looks like a CloudEvent but is not a valid one (it is wrapped instead)."""
 
 
 def header_extension_name(header: str) -> str:
     """``kafkaheader`` + the header name lower-cased without characters outside [a-z0-9]."""
     return "kafkaheader" + _NOT_ALNUM.sub("", header.lower())
-
-
-def java_float(value: float, single: bool) -> str:
-    """Java's ``Float.toString`` / ``Double.toString`` (how the key reaches the header)."""
-    x = np.float32(value) if single else np.float64(value)
-    if np.isnan(x):
-        return "NaN"
-    if np.isinf(x):
-        return "Infinity" if x > 0 else "-Infinity"
-    if x == 0:
-        return "-0.0" if np.signbit(x) else "0.0"
-    if 1e-3 <= abs(float(x)) < 1e7:
-        text = np.format_float_positional(x, unique=True, trim="0")
-        return text + "0" if text.endswith(".") else text
-    mantissa, exponent = np.format_float_scientific(x, unique=True, trim="0").split("e")
-    if mantissa.endswith("."):
-        mantissa += "0"
-    return f"{mantissa}E{int(exponent)}"
 
 
 def key_extension(key: bytes, key_type: str) -> str:
@@ -108,10 +93,11 @@ def key_extension(key: bytes, key_type: str) -> str:
         return str(struct.unpack(">i", key)[0])
     if key_type == "float" and len(key) in (4, 8):
         return java_float(struct.unpack(">f" if len(key) == 4 else ">d", key)[0], len(key) == 4)
-    return key.decode("utf-8", errors="replace")
+    return key.decode("utf-8", errors="replace")  # Java's new String(bytes, UTF_8)
 
 
-def is_cloudevent(record: Record) -> bool:
+def looks_like_cloudevent(record: Record) -> bool:
+    """A ``ce_specversion`` header (binary) or ``content-type: application/cloudevents+json``."""
     if record.header("ce_specversion") is not None:
         return True
     ctype = record.header("content-type")
@@ -120,10 +106,14 @@ def is_cloudevent(record: Record) -> bool:
 
 def record_to_event(record: Record, spec: SourceSpec) -> OutgoingEvent:
     """The event KafkaSource delivers for ``record`` (with partition, offset and overrides)."""
-    if is_cloudevent(record):
-        parsed = _from_kafka_cloudevent(record)
-        event = OutgoingEvent(parsed.attributes, parsed.data, passed_through=True)
-    else:
+    event = None
+    if looks_like_cloudevent(record):
+        try:
+            attributes, data = _from_kafka_cloudevent(record)
+            event = OutgoingEvent(attributes, data, passed_through=True)
+        except NotACloudEvent:
+            event = None  # wrapped like any raw record: its ce_* headers become kafkaheaderce*
+    if event is None:
         event = OutgoingEvent(_synthesized(record, spec), record.value or b"")
     return event.with_extensions(
         {
@@ -143,44 +133,69 @@ def _synthesized(record: Record, spec: SourceSpec) -> dict[str, str]:
         "subject": f"partition:{record.partition}#{record.offset}",
     }
     if record.timestamp_ms is not None:
-        attrs["time"] = rfc3339_millis(record.timestamp_ms)
+        attrs["time"] = java_instant(record.timestamp_ms)
     ctype = record.header("content-type")
     if ctype is not None:
-        attrs["datacontenttype"] = ctype.decode("utf-8", errors="replace").lower()
+        attrs["datacontenttype"] = _text(ctype).lower()
     if record.key is not None:
         attrs["key"] = attrs["partitionkey"] = key_extension(record.key, spec.key_type)
     for name, value in record.headers:
         if name.lower() != "content-type":
-            attrs[header_extension_name(name)] = value.decode("utf-8", errors="replace")
+            attrs[header_extension_name(name)] = _text(value)
     return attrs
 
 
-def _from_kafka_cloudevent(record: Record) -> _Parsed:
+def _from_kafka_cloudevent(record: Record) -> tuple[dict[str, str], bytes]:
     if record.header("ce_specversion") is not None:
-        parsed = _Parsed(data=record.value or b"")
+        attrs: dict[str, str] = {}
         for name, value in record.headers:
             low = name.lower()
             if low.startswith("ce_"):
-                parsed.attributes[low[3:]] = value.decode("utf-8", errors="replace")
+                attrs[low[3:]] = _text(value)
             elif low == "content-type":
-                parsed.attributes["datacontenttype"] = value.decode("utf-8", errors="replace")
-        return parsed
-    body = json.loads(record.value or b"{}")
-    parsed = _Parsed()
-    for name, value in body.items():
-        if name in ("data", "data_base64"):
-            continue
-        parsed.attributes[name] = _attribute_text(value)
+                attrs["datacontenttype"] = _text(value)
+        return _validated(attrs), record.value or b""
+    try:
+        body = json.loads(record.value or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise NotACloudEvent("structured record is not JSON") from None
+    if not isinstance(body, dict):
+        raise NotACloudEvent("structured record is not a JSON object")
+    attrs = {k: _attribute_text(v) for k, v in body.items() if k not in ("data", "data_base64")}
+    # Jackson re-serialises the event: a JSON content type when the event names none.
+    attrs.setdefault("datacontenttype", "application/json")
+    attrs = _validated(attrs)
+    data = b""
     if body.get("data_base64") is not None:
-        parsed.data = base64.b64decode(body["data_base64"])
+        try:
+            data = base64.b64decode(body["data_base64"], validate=True)
+        except (ValueError, TypeError):
+            raise NotACloudEvent("data_base64 is not Base64") from None
     elif "data" in body:
-        data = body["data"]
-        ctype = parsed.attributes.get("datacontenttype", "application/json")
-        if isinstance(data, str) and not _is_json(ctype):
-            parsed.data = data.encode()
+        value = body["data"]
+        if isinstance(value, str) and not _is_json(attrs["datacontenttype"]):
+            data = value.encode()
         else:
-            parsed.data = json.dumps(data, separators=(",", ":")).encode()
-    return parsed
+            data = jackson_json(value).encode()
+    return attrs, data
+
+
+def _validated(attrs: dict[str, str]) -> dict[str, str]:
+    missing = [name for name in REQUIRED if not attrs.get(name)]
+    if missing:
+        raise NotACloudEvent(f"missing {', '.join(missing)}")
+    if attrs["specversion"] not in SPECVERSIONS:
+        raise NotACloudEvent(f"unknown specversion {attrs['specversion']!r}")
+    if "time" in attrs:
+        try:
+            attrs["time"] = java_time(attrs["time"])
+        except ValueError as e:
+            raise NotACloudEvent(str(e)) from None
+    return attrs
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", errors="replace")
 
 
 def _attribute_text(value: Any) -> str:
@@ -190,7 +205,7 @@ def _attribute_text(value: Any) -> str:
 
 
 def _media_type(value: bytes | str) -> str:
-    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+    text = _text(value) if isinstance(value, bytes) else value
     return text.split(";")[0].strip().lower()
 
 
@@ -199,34 +214,27 @@ def _is_json(ctype: str) -> bool:
     return media == "application/json" or media.endswith("+json") or media == "text/json"
 
 
-def percent_encode(value: str) -> str:
-    """CloudEvents HTTP binding: encode space, ``"``, ``%`` and anything outside U+0021..U+007E."""
-    out = []
-    for ch in value:
-        if "\x21" <= ch <= "\x7e" and ch not in '"%':
-            out.append(ch)
-        else:
-            out.extend(f"%{b:02X}" for b in ch.encode("utf-8"))
-    return "".join(out)
+def http_header_name(attribute: str) -> str:
+    return "Content-Type" if attribute == "datacontenttype" else f"ce-{attribute}"
 
 
-def to_http_binary(event: OutgoingEvent, namespace: str) -> tuple[dict[str, str], bytes]:
-    """Headers and body of the binary-mode POST KafkaSource sends."""
-    headers = {"Prefer": "reply", "Kn-Namespace": namespace}
+def to_http_binary(event: OutgoingEvent, namespace: str) -> tuple[dict[str, bytes], bytes]:
+    """Headers (as wire bytes) and body of the binary-mode POST KafkaSource sends; raises
+    ``rendering.Unsendable`` when a value holds a control character."""
+    headers = {"Prefer": b"reply", "Kn-Namespace": namespace.encode()}
     for name, value in event.attributes.items():
-        if name == "datacontenttype":
-            headers["Content-Type"] = value
-        else:
-            headers[f"ce-{name}"] = percent_encode(value)
+        header = http_header_name(name)
+        headers[header] = header_value(header, value)
     return headers, event.data
 
 
 def to_kafka_binary(event: OutgoingEvent) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
-    """Key, value and headers of the event as a binary-mode Kafka record (KafkaSink's default);
-    the ``partitionkey`` extension becomes the record key."""
-    headers: list[tuple[str, bytes]] = []
-    for name, value in event.attributes.items():
-        header = "content-type" if name == "datacontenttype" else f"ce_{name}"
-        headers.append((header, value.encode()))
-    key = event.attributes.get("partitionkey")
+    """Key, value and headers of the binary-mode Kafka record a KafkaSink writes for the event it
+    received over HTTP; the ``partitionkey`` extension becomes the record key."""
+    received = {n: as_received(http_header_name(n), v) for n, v in event.attributes.items()}
+    headers = [
+        ("content-type" if name == "datacontenttype" else f"ce_{name}", value.encode())
+        for name, value in received.items()
+    ]
+    key = received.get("partitionkey")
     return (key.encode() if key is not None else None), event.data, headers

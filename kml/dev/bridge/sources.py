@@ -1,8 +1,9 @@
 """KafkaSource manifests as the bridge reads them: topics, group, sink, delivery, ordering.
 
 Pure parsing, no Kafka and no HTTP: ``parse_kafka_source(doc)`` turns one manifest into a
-``SourceSpec``; ``DeliveryPolicy.from_spec`` applies Knative's defaulting rules exactly (see
-docs/knative-kafkasource.md "Delivery").
+``SourceSpec``; ``DeliveryPolicy.from_spec`` applies Knative's defaulting rules exactly: no
+``spec.delivery`` means 10 retries, exponential, 300 ms, 600 s per attempt; a ``delivery`` with
+fields left out means 0 retries, 200 ms and 600 s for them (they are not merged).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kafkaml.events import KEY_TYPE_LABEL
 from kml.kustomize import build, load_documents
 
-KEY_TYPE_LABEL = "kafkasources.sources.knative.dev/key-type"
 KEY_TYPES = ("string", "int", "float", "byte-array")
 BACKOFF_POLICIES = ("exponential", "linear")
 ORDERINGS = ("ordered", "unordered")
 UNORDERED_IN_FLIGHT = 50
+"""Unordered sources stop polling once this many events are in flight (per consumer)..."""
+UNORDERED_POLL_BATCH = 50
+"""... but send every record of a poll at once, so up to 49 + 50 = 99 can be in flight."""
 
 _DURATION = re.compile(
     r"^P(?:(?P<d>\d+(?:\.\d+)?)D)?"
@@ -144,7 +148,8 @@ class SourceSpec:
 
     @property
     def max_in_flight(self) -> int:
-        return 1 if self.ordered else UNORDERED_IN_FLIGHT
+        """Events in flight at most: one per partition, or (unordered) 49 plus a poll batch."""
+        return 1 if self.ordered else UNORDERED_IN_FLIGHT - 1 + UNORDERED_POLL_BATCH
 
 
 def is_kafka_source(doc: dict[str, Any]) -> bool:

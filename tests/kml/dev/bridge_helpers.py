@@ -44,7 +44,12 @@ DROP = (-1, {}, b"")
 
 
 class Recorder:
-    """An HTTP sink that records every request and answers what ``script`` says."""
+    """An HTTP sink that records every request and answers what ``script`` says.
+
+    Header values are recorded as ``http.server`` reads them: each byte one Latin-1 character,
+    so a value sent as UTF-8 would show up as two characters per accented letter. Requests for
+    which ``hold`` is true wait until ``let_through(n)`` or ``release`` lets them go.
+    """
 
     def __init__(
         self,
@@ -54,6 +59,7 @@ class Recorder:
         self.script = script or (lambda req, n: (200, {}, b""))
         self.hold = hold or (lambda req: False)
         self.release = threading.Event()
+        self._gate = threading.Semaphore(0)
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -98,7 +104,10 @@ class Recorder:
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.hold(req):
-                self.release.wait(60)
+                deadline = time.monotonic() + 60
+                while not self.release.is_set() and time.monotonic() < deadline:
+                    if self._gate.acquire(timeout=0.02):
+                        break
             status, headers, body = self.script(req, attempt)
         finally:
             with self._lock:
@@ -116,6 +125,11 @@ class Recorder:
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+    def let_through(self, n: int = 1) -> None:
+        """Let ``n`` held requests answer."""
+        for _ in range(n):
+            self._gate.release()
 
     def wait_for(
         self, n: int, timeout: float = 30.0, where: Callable[[Received], bool] = lambda r: True

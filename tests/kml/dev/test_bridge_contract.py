@@ -1,8 +1,10 @@
-"""docs/knative-kafkasource.md, "What KafkaSource sends": one test per row, through real Kafka.
+"""What KafkaSource sends for a Kafka record: one test per attribute rule, through real Kafka.
 
 One bridge delivers a handful of records (raw, binary CloudEvent, structured CloudEvent,
 CloudEvent-shaped JSON, and one record per key type) to a recording HTTP server; each test
-checks one row of the document on what was recorded. Delivery rows: test_bridge_delivery.py.
+checks one rule of Knative's KafkaSource on what was recorded. Delivery rules are in
+test_bridge_delivery.py, what the real dispatcher was seen doing beyond them in
+test_bridge_observed.py.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def test_row_subject_is_partition_hash_offset(delivered):
     assert delivered["raw"].ce["subject"] == "partition:1#0"
 
 
-def test_row_time_is_record_timestamp_utc_rfc3339_millis(delivered):
+def test_row_time_is_record_timestamp_utc_rfc3339_with_milliseconds(delivered):
     assert delivered["raw"].ce["time"] == "2023-11-14T22:13:20.123Z"
     assert delivered["raw_plain"].ce["time"] == "2023-11-14T22:13:21.123Z"
 

@@ -1,4 +1,9 @@
-"""docs/knative-kafkasource.md, "Delivery": one test per row, real Kafka, recording sinks."""
+"""KafkaSource's delivery rules: one test per rule, real Kafka, recording sinks.
+
+Success below 300; 5xx/404/408/409/429, connection errors and timeouts retried with
+exponential or linear backoff (no jitter, Retry-After ignored); Knative's defaults and their
+no-merge rule; the dead-letter sink's extensions; contiguous commits; ordered and unordered.
+"""
 
 from __future__ import annotations
 
@@ -209,7 +214,7 @@ def test_row_dead_letter_sink_gets_knativeerror_extensions_and_kne_headers(env):
     assert dead.ce["knativeerrordest"] == sink.url
     assert dead.ce["knativeerrorcode"] == "422"
     assert base64.b64decode(dead.ce["knativeerrordata"]) == body[:1024]
-    assert dead.ce["reason"] == "bad-model" and dead.ce["detail"] == "x%20y"
+    assert dead.ce["reason"] == "bad-model" and dead.ce["detail"] == "x y"  # not encoded
     assert dead.body == b"payload" and dead.ce["key"] == "dep-1"
     assert dead.ce["id"] == "partition:0/offset:0"
 
@@ -342,16 +347,22 @@ def test_row_ordered_keeps_one_event_in_flight_per_partition(env):
     assert sink.max_in_flight <= 2
 
 
-def test_row_unordered_allows_up_to_50_in_flight(env):
+def test_row_unordered_pauses_polling_at_50_in_flight_but_adds_whole_poll_batches(env):
+    """Polling stops once 50 are in flight; the next poll's whole batch (up to 50) is sent at
+    once, so 49 + 50 = 99 can be in flight, never more."""
     sink = env.recorder(hold=lambda req: True)
-    env.records([str(i).encode() for i in range(80)])
+    env.records([str(i).encode() for i in range(300)])
     env.bridge(
         [kafka_source("unord", [env.topic], "sink", ordering="unordered")], {"sink": sink.url}
     )
     sink.wait_for(50)
-    eventually(lambda: sink.in_flight == 50, what="50 requests in flight")
     time.sleep(0.5)
-    assert len(sink.received) == 50  # not 51
+    paused_at = sink.in_flight
+    assert 50 <= paused_at <= 99 and len(sink.received) == paused_at  # polling paused
+    sink.let_through(paused_at - 49)  # 49 left in flight: the bridge polls again
+    eventually(lambda: sink.in_flight > 49, what="a new poll batch in flight")
+    time.sleep(0.5)
+    assert 50 < sink.in_flight <= 99  # a whole batch joined the 49, and polling paused again
     sink.release.set()
-    sink.wait_for(80)
-    assert sink.max_in_flight == 50
+    sink.wait_for(300)
+    assert sink.max_in_flight <= 99
