@@ -1,0 +1,365 @@
+"""Stream mode: one member of the deployment's consumer group, predicting records in batches.
+
+``python -m functions.infer.stream`` serves the inference deployment ``KML_INFERENCE_ID``: it
+polls up to ``infer_stream_batch`` records, decodes them in one codec call, calls the model once
+and produces one output per input, with the value, key and headers the event path gives the
+same record. A record that does not decode is dead-lettered as the event path does it; the rest
+of its batch goes on. Offsets are committed only once every record of the batch is acknowledged
+(``acks=all``), so a crash, a restart or a rebalance may repeat records and never loses one.
+``/metrics`` and ``/health/{liveness,readiness}`` answer on a side thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from functions.infer.kafka_path import InputRecord, dead_letter
+from functions.infer.metrics import InferMetrics
+from functions.infer.serving import InferenceService, Loader, load_from_storage
+from functions.infer.stream_batch import (
+    coordinates,
+    decode_batch,
+    event_headers,
+    predict_groups,
+)
+from functions.infer.stream_probes import StreamMetrics, serve_probes
+from kafkaml.errors import KmlError, PayloadTooLarge, Unavailable
+from kafkaml.manifests import service_name
+from kafkaml.settings import Settings
+
+log = logging.getLogger("kml.infer.stream")
+MAX_BACKOFF_S = 30.0
+
+
+class _BatchSink:
+    """What ``dead_letter`` needs of a service: the settings and a ``send`` that queues the
+    record with the batch's outputs (confirmed together before the offsets are committed)."""
+
+    def __init__(self, settings: Settings, produce: Callable[..., None]) -> None:
+        self.settings, self._produce = settings, produce
+
+    def producer(self) -> _BatchSink:
+        return self
+
+    def send(self, topic: str, value: bytes, key: bytes | None, headers: list) -> None:
+        self._produce(topic, value, key, headers)
+
+
+class StreamWorker:
+    """Poll, predict, produce, confirm, commit; repeat until ``stop`` is set."""
+
+    def __init__(self, settings: Settings, service: InferenceService) -> None:
+        self.settings, self.service = settings, service
+        self.metrics = StreamMetrics(service.metrics)
+        self.group = service_name(settings.inference_id)
+        self._consumer: Any = None
+        self._producer: Any = None
+        self._failed: list[KafkaError] = []
+        self._topic = ""
+        self._assigned: set[int] = set()
+        self._done: dict[int, int] = {}
+        """Next offset to read per partition, for records whose outputs are acknowledged."""
+        self._rebalanced = False
+        self._backoff = 0.0
+        self.heartbeat = time.monotonic()
+        self._streaming = False
+
+    # -- set-up -------------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Join the consumer group on the spec's input topic (the model is loaded by now)."""
+        spec, s = self.service.spec, self.settings
+        self._producer = Producer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "batch.num.messages": 10_000,
+                "queue.buffering.max.messages": max(100_000, 4 * s.infer_stream_batch),
+                "message.timeout.ms": int(s.infer_produce_timeout_s * 1000),
+                "delivery.report.only.error": True,  # a report per failure, none per success
+                "on_delivery": lambda err, msg: self._failed.append(err),
+            }
+        )
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": s.kafka_bootstrap,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",  # as the event path's KafkaSource
+                "partition.assignment.strategy": "cooperative-sticky",
+            }
+        )
+        self._topic = spec["input_topic"]
+        self._consumer.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._streaming = True
+        log.info(
+            "stream consumer started",
+            extra={"fields": self._fields(topic=spec["input_topic"], group=self.group)},
+        )
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
+        self._assigned |= {p.partition for p in partitions}
+        log.info(
+            "partitions assigned", extra={"fields": self._fields(partitions=_names(partitions))}
+        )
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Revocations arrive inside ``consume``, between batches: nothing is in flight, so
+        committing what was delivered (synchronously) hands the partitions over without loss."""
+        gone = {p.partition for p in partitions}
+        offsets = [TopicPartition(self._topic, p, o) for p, o in self._done.items() if p in gone]
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as e:  # the next owner repeats those records: no loss
+                log.warning(
+                    "commit on revoke failed", extra={"fields": self._fields(reason=str(e))}
+                )
+        self._forget(gone)
+        log.info(
+            "partitions revoked", extra={"fields": self._fields(partitions=_names(partitions))}
+        )
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._forget({p.partition for p in partitions})
+        log.warning(
+            "partitions lost", extra={"fields": self._fields(partitions=_names(partitions))}
+        )
+
+    def _forget(self, gone: set[int]) -> None:
+        self._rebalanced = True
+        self._assigned -= gone
+        for partition in gone:
+            self._done.pop(partition, None)
+
+    def check_ready(self) -> None:
+        """Ready once the model is loaded and the consumer has joined its group's topic."""
+        self.service.ready()
+        if not self._streaming:
+            raise Unavailable("the consumer is not started", inference=self.settings.inference_id)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step(stop)
+        self.close()
+
+    def step(self, stop: threading.Event | None = None) -> int:
+        """One poll and its batch; returns how many records were delivered and committed."""
+        self.heartbeat = time.monotonic()
+        s = self.settings
+        self._rebalanced = False
+        polled = self._consumer.consume(s.infer_stream_batch, s.infer_stream_wait_ms / 1000)
+        msgs = [m for m in polled if m.error() is None]
+        if len(msgs) < len(polled):
+            self._consumer_errors(polled)
+        if self._rebalanced:  # records of partitions revoked during the poll are the next owner's
+            msgs = [m for m in msgs if m.partition() in self._assigned]
+        if not msgs:
+            return 0
+        started = time.perf_counter()
+        try:
+            dead = self._deliver(msgs)
+        except KmlError as e:
+            if not e.retryable:
+                raise
+            self._retry_later(msgs, e, stop)
+            return 0
+        self._commit(msgs)
+        self._backoff = 0.0
+        self.metrics.batch(len(msgs), dead, time.perf_counter() - started)
+        return len(msgs)
+
+    def _consumer_errors(self, polled: list) -> None:
+        for m in polled:
+            err = m.error()
+            if err is None or err.code() == KafkaError._PARTITION_EOF:
+                continue
+            if err.fatal():
+                raise KafkaException(err)
+            log.warning("consumer error", extra={"fields": self._fields(reason=str(err))})
+
+    def _deliver(self, msgs: list) -> int:
+        """Produce the batch's outputs and dead letters and wait for every acknowledgement;
+        returns how many records were dead-lettered. Raises a retryable error otherwise."""
+        service, spec = self.service, self.service.spec
+        model = service.loaded.model
+        decoded = decode_batch(service.codec, model, [m.value() for m in msgs])
+        values = predict_groups(model, decoded)
+        service.metrics.observe_batch(len(values))
+        self._failed.clear()
+        out_topic, topic = spec["output_topic"], self._topic
+        produce = self._producer.produce
+        topic_header = ("kml-input-topic", topic.encode())
+        partition_headers: dict[int, tuple[str, bytes]] = {}
+        dead = [(msgs[i], e) for i, e in decoded.bad]
+        for i, value in zip(decoded.ok, values, strict=True):
+            m = msgs[i]
+            partition, offset = m.partition(), m.offset()
+            where = partition_headers.get(partition)
+            if where is None:
+                where = partition_headers[partition] = ("kml-input-partition", b"%d" % partition)
+            raw = m.headers()
+            headers = [*event_headers(raw)] if raw else []
+            headers += (topic_header, where, ("kml-input-offset", b"%d" % offset))
+            key = m.key() or coordinates(topic, partition, offset)
+            try:
+                produce(out_topic, value, key, headers=headers)
+            except (BufferError, KafkaException):
+                try:
+                    self._produce(out_topic, value, key, headers)
+                except PayloadTooLarge as e:
+                    dead.append((m, e))
+        sink = _BatchSink(self.settings, self._produce)
+        for m, error in dead:
+            dead_letter(sink, _input_record(m), error)  # type: ignore[arg-type]
+        remaining = self._producer.flush(self.settings.infer_produce_timeout_s + 1)
+        if self._failed or remaining:
+            reason = str(self._failed[0]) if self._failed else f"{remaining} not acknowledged"
+            raise Unavailable(
+                f"Kafka at {self.settings.kafka_bootstrap} did not take the batch's records: "
+                f"{reason}"
+            )
+        if dead:
+            log.warning(
+                "records dead-lettered",
+                extra={"fields": self._fields(count=len(dead), first=dead[0][1].message)},
+            )
+        return len(dead)
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list) -> None:
+        """Produce one record, waiting while the local queue is full; 413 when Kafka refuses
+        its size, 503 for anything else."""
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # the local queue is full: let deliveries drain it
+            except KafkaException as e:
+                err = e.args[0]
+                if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise PayloadTooLarge(
+                        f"Kafka refused a record for {topic}: {err.str()}"
+                    ) from None
+                raise Unavailable(f"Kafka did not take a record for {topic}: {err.str()}") from None
+
+    def _commit(self, msgs: list) -> None:
+        """Commit past every record of the batch: their outputs are acknowledged."""
+        ends = {m.partition(): m.offset() + 1 for m in msgs}  # offsets rise within a partition
+        self._done.update(ends)
+        offsets = [
+            TopicPartition(self._topic, p, o) for p, o in ends.items() if p in self._assigned
+        ]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as e:  # redelivered after a rebalance: repeated, not lost
+            log.warning("commit failed", extra={"fields": self._fields(reason=str(e))})
+
+    def _retry_later(self, msgs: list, error: KmlError, stop: threading.Event | None) -> None:
+        """Rewind every partition of the batch to its first record and wait before polling it
+        again: the batch is predicted anew (its acknowledged outputs may repeat)."""
+        firsts: dict[int, int] = {}
+        for m in reversed(msgs):  # offsets rise within a partition: the first one wins
+            firsts[m.partition()] = m.offset()
+        for partition, offset in firsts.items():
+            try:
+                self._consumer.seek(TopicPartition(self._topic, partition, offset))
+            except KafkaException as e:  # revoked meanwhile: its next owner starts at the commit
+                log.warning("seek failed", extra={"fields": self._fields(reason=str(e))})
+        self._backoff = min(MAX_BACKOFF_S, max(0.5, self._backoff * 2))
+        self.metrics.retried(len(msgs), error.kind)
+        log.error(
+            "batch not delivered; retrying",
+            extra={
+                "fields": self._fields(
+                    records=len(msgs), reason=error.message, retry_in_s=self._backoff
+                )
+            },
+        )
+        deadline = time.monotonic() + self._backoff
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
+            self.heartbeat = time.monotonic()
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Leave the group (its revocation commits what was delivered) and flush."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(self.settings.infer_produce_timeout_s)
+        log.info("stream consumer stopped", extra={"fields": self._fields()})
+
+    def _fields(self, **more: Any) -> dict[str, Any]:
+        return {"inference": self.settings.inference_id, **more}
+
+
+def _input_record(m: Any) -> InputRecord:
+    topic, partition, offset = m.topic(), m.partition(), m.offset()
+    return InputRecord(
+        m.value() or b"",
+        topic,
+        partition,
+        offset,
+        m.key(),
+        event_headers(m.headers()),
+        f"partition:{partition}/offset:{offset}",
+    )
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{p.topic}:{p.partition}" for p in partitions]
+
+
+def run(settings: Settings, host: str, loader: Loader = load_from_storage) -> None:
+    """Load the model, serve the probes, and stream until SIGTERM or SIGINT."""
+    if not settings.inference_id:
+        raise SystemExit("KML_INFERENCE_ID is not set: a stream process serves one deployment")
+    service = InferenceService(settings, InferMetrics(settings.inference_id), loader=loader)
+    worker = StreamWorker(settings, service)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = serve_probes(host, settings.infer_stream_port, worker)
+    try:
+        service.start()
+        while not service.wait_ready(0.5):
+            worker.heartbeat = time.monotonic()
+            if stop.is_set():
+                return
+        worker.connect()
+        worker.run(stop)
+    finally:
+        server.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from kafkaml.web import configure_logging
+
+    parser = argparse.ArgumentParser(prog="python -m functions.infer.stream", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0", help="Address of /metrics and the probes.")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    run(settings, args.host)
+
+
+if __name__ == "__main__":
+    main()
