@@ -18,6 +18,7 @@ install: $(STAMP)
 
 stack: install
 	$(BIN)/kml dev fetch
+	$(BIN)/python -m functions.dashboard.assets
 
 demo: stack
 	$(BIN)/python -m kml.demo

@@ -64,6 +64,12 @@ class Settings:
     """Infer: most rows the micro-batcher puts into one model call."""
     infer_batch_wait_ms: float = 2.0
     """Infer: how long the micro-batcher waits for more requests before calling the model."""
+    infer_stream_batch: int = 10_000
+    """Stream mode: most records one poll takes; they are decoded and predicted together."""
+    infer_stream_wait_ms: float = 20.0
+    """Stream mode: how long a poll waits for a full batch before taking what has arrived."""
+    infer_stream_port: int = 8080
+    """Stream mode: the port of ``/metrics`` and the health probes."""
     state_dir: str = ".kml"
     """Local stack: data, logs and PID files (git-ignored)."""
     cache_dir: str = field(default_factory=_default_cache_dir)
@@ -79,11 +85,14 @@ class Settings:
     register_port: int = 8081
     """Local stack: the register function."""
     register_url: str = ""
-    """URL of the register function the CLI talks to; empty = http://127.0.0.1:<register_port>."""
+    """URL of the register function the CLI and the dashboard talk to; empty =
+    http://127.0.0.1:<register_port>."""
     infer_image: str = "kml/infer:0.1.0"
     """Container image of the inference Services register renders (an event may name another)."""
     train_port: int = 8082
     """Local stack: the train function."""
+    dashboard_port: int = 8083
+    """Local stack: the dashboard (web pages over register's read API and the results topic)."""
     infer_port: int = 8090
     """Local stack: the first port given to locally deployed inference services."""
     local_parts: str = "all"
@@ -113,6 +122,11 @@ class Settings:
                 ) from None
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def register_address(self) -> str:
+        """Where the register function answers: ``register_url``, else the local stack's port."""
+        return (self.register_url or f"http://127.0.0.1:{self.register_port}").rstrip("/")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -1,5 +1,6 @@
 """The local stack's own parts: the register and train functions (gunicorn), the KafkaSource
-bridge, and the local inference processes that ``kml deploy inference --local`` started."""
+bridge, the dashboard (gunicorn), and the local inference processes that ``kml deploy inference
+--local`` started."""
 
 from __future__ import annotations
 
@@ -142,10 +143,12 @@ class LocalInference:
 
 
 def local_services(settings: Settings) -> list:
-    """The register and train functions, the bridge and local inference, in start order."""
+    """The register and train functions, the bridge, the dashboard and local inference, in
+    start order."""
     return [
         GunicornFunction(settings, "register", settings.register_port),
         GunicornFunction(settings, "train", settings.train_port),
         BridgeProcess(settings),
+        GunicornFunction(settings, "dashboard", settings.dashboard_port),
         LocalInference(settings),
     ]

@@ -54,6 +54,7 @@ def isolated_settings(state_dir: str, bucket: str = "kml", **overrides) -> Setti
         bucket=bucket,
         register_port=free_port(),
         train_port=free_port(),
+        dashboard_port=free_port(),
         infer_port=free_port(),
     )
     values.update(overrides)

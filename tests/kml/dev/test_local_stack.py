@@ -57,7 +57,15 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
     try:
         stack.up()
         status = {s.name: s for s in stack.status()}
-        assert list(status) == ["kafka", "minio", "register", "train", "bridge", "inference"]
+        assert list(status) == [
+            "kafka",
+            "minio",
+            "register",
+            "train",
+            "bridge",
+            "dashboard",
+            "inference",
+        ]
         assert all(s.healthy for s in status.values()), status
         bridge = read_status(settings.state_dir)
         sinks = {s["name"]: s["sink"] for s in bridge["sources"]}
@@ -74,7 +82,7 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
         pids = [s.pid for s in status.values() if s.name != "inference"]
     finally:
         stopped = stack.down()
-    assert stopped == ["inference", "bridge", "train", "register", "minio", "kafka"]
+    assert stopped == ["inference", "dashboard", "bridge", "train", "register", "minio", "kafka"]
     assert fake.pid() is None
     assert all(p.proc.pid() is None for p in stack.parts)
     assert not any(
@@ -82,6 +90,7 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
         for port in (
             settings.register_port,
             settings.train_port,
+            settings.dashboard_port,
             settings.kafka_port,
             settings.minio_port,
         )

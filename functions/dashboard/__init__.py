@@ -1,0 +1,1 @@
+"""The dashboard: web pages over register's read API, the results topic and prediction topics."""
