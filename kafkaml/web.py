@@ -1,18 +1,28 @@
-"""What every function's Flask app shares: JSON errors, CloudEvent replies, health, JSON logs."""
+"""The one shape of every function's Flask app: settings, JSON logs, health, errors, dispatch.
+
+A function is built by :func:`function_app` from a :class:`Function`: the CloudEvent types it
+answers (``POST /`` dispatches on the type; any other type is one 400 naming the accepted
+ones), a readiness check, what it closes on stop, and its extra routes as blueprints. Every
+``KmlError`` becomes its JSON body ``{"error", "kind", "status", ...}`` with its status.
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import sys
+import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kafkaml.errors import KmlError, PayloadTooLarge
+from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge, Unavailable
 from kafkaml.events import Event, parse_http, to_http
 from kafkaml.settings import Settings
 
@@ -35,11 +45,27 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (test runners swap it, and
+    the last lines come at exit, after they have closed theirs)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonLogFormatter) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonLogFormatter())
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -68,8 +94,121 @@ def received_event(settings: Settings) -> Event:
     return parse_http(dict(request.headers), body)
 
 
-def install_common(app: Flask, settings: Settings, ready: Callable[[], None]) -> None:
-    """JSON errors for everything, health endpoints, and a request log line."""
+EventHandler = Callable[[Event], Response]
+"""Answers one received CloudEvent of a type the function takes."""
+
+
+def _nothing() -> None:
+    return None
+
+
+def unknown_event_type(function: str, event_type: str, accepted: Iterable[str]) -> InvalidEvent:
+    """The one error for a CloudEvent type a function does not take (400, never retried)."""
+    names = list(accepted)
+    return InvalidEvent(
+        f"the {function} function takes {', '.join(names)} events, not {event_type!r}",
+        ce_type=event_type,
+        accepted=names,
+    )
+
+
+@dataclass(eq=False)
+class Function:
+    """One function's parts: what it answers, how it checks itself, what it closes."""
+
+    name: str
+    """Short name (``register``, ``train``, ``infer``): the app's name and in messages."""
+    events: Mapping[str, EventHandler]
+    """CloudEvent type -> handler of ``POST /``."""
+    ready: Callable[[], None]
+    """Raises (503 ``Unavailable``) while the function cannot serve: the readiness probe."""
+    close: Callable[[], None] = _nothing
+    """Releases what the function opened: producers flushed and closed, pools, threads."""
+    alive: Callable[[], None] = _nothing
+    """Raises when the process is broken and must be restarted: the liveness probe."""
+    blueprints: Sequence[Blueprint] = ()
+    """Routes besides ``POST /`` and the health probes."""
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def handler(self, event_type: str) -> EventHandler:
+        """The handler of ``event_type``; an unknown type is the one 400 naming the accepted."""
+        try:
+            return self.events[event_type]
+        except KeyError:
+            raise unknown_event_type(self.name, event_type, self.events) from None
+
+    def check_alive(self) -> None:
+        if self._stopped.is_set():
+            raise Unavailable(f"the {self.name} function is stopping")
+        self.alive()
+
+    def check_ready(self) -> None:
+        self.check_alive()
+        self.ready()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self) -> None:
+        """Close what the function opened, once; the probes answer 503 from now on."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        try:
+            self.close()
+        except Exception as e:  # stopping must finish; say what could not be closed
+            log.warning(
+                "function not stopped cleanly",
+                extra={"fields": {"function": self.name, "reason": _reason(e)}},
+            )
+            return
+        log.info("function stopped", extra={"fields": {"function": self.name}})
+
+
+_RUNNING: weakref.WeakSet[Function] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running() -> None:
+    """A worker exiting (gunicorn's SIGTERM, the end of a test session) stops its functions."""
+    for function in list(_RUNNING):
+        function.stop()
+
+
+def _reason(e: Exception) -> str:
+    return e.message if isinstance(e, KmlError) else type(e).__name__
+
+
+def function_app(settings: Settings | None, build: Callable[[Settings], Function]) -> Flask:
+    """The Flask app of one function: settings read once (from ``KML_*`` unless given), JSON
+    logs, the health probes, JSON errors, ``POST /`` dispatched on the CloudEvent type, and the
+    function's blueprints. The :class:`Function` is ``app.extensions["kml.function"]``."""
+    settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
+    function = build(settings)
+    app = Flask(f"kml-{function.name}")
+    app.extensions["kml.function"] = function
+    install_common(app, settings, function)
+
+    @app.post("/")
+    def _receive() -> Response:
+        event = received_event(settings)
+        return function.handler(event.type)(event)
+
+    for blueprint in function.blueprints:
+        app.register_blueprint(blueprint)
+    _RUNNING.add(function)
+    return app
+
+
+def function_of(app: Flask) -> Function:
+    """The :class:`Function` an app was built from (``function_of(app).stop()`` closes it)."""
+    return app.extensions["kml.function"]
+
+
+def install_common(app: Flask, settings: Settings, function: Function) -> None:
+    """JSON errors for everything, the health probes, and a request log line."""
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
 
     @app.errorhandler(KmlError)
@@ -99,11 +238,12 @@ def install_common(app: Flask, settings: Settings, ready: Callable[[], None]) ->
 
     @app.get("/health/liveness")
     def _liveness():
+        function.check_alive()
         return json_response({"status": "alive"})
 
     @app.get("/health/readiness")
     def _readiness():
-        ready()
+        function.check_ready()
         return json_response({"status": "ready"})
 
     @app.before_request
@@ -118,6 +258,7 @@ def install_common(app: Flask, settings: Settings, ready: Callable[[], None]) ->
                 "request",
                 extra={
                     "fields": {
+                        "function": function.name,
                         "method": request.method,
                         "path": request.path,
                         "status": response.status_code,

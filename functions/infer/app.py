@@ -12,22 +12,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from functions.infer.http_path import model_metadata, predict_instances
 from functions.infer.kafka_path import handle_kafka_event
 from functions.infer.metrics import InferMetrics
 from functions.infer.serving import InferenceService, Loader, load_from_storage
-from kafkaml.errors import BadRequest, InvalidEvent, KmlError, NotFound
-from kafkaml.events import INFERENCE_REQUEST, INFERENCE_RESPONSE, KAFKA_EVENT, new_event
+from kafkaml.errors import BadRequest, KmlError, NotFound
+from kafkaml.events import INFERENCE_REQUEST, INFERENCE_RESPONSE, KAFKA_EVENT, Event, new_event
 from kafkaml.settings import Settings
-from kafkaml.web import (
-    configure_logging,
-    event_response,
-    install_common,
-    json_response,
-    received_event,
-)
+from kafkaml.web import Function, event_response, function_app, json_response
 
 
 def create_app(
@@ -37,15 +31,26 @@ def create_app(
     producer_factory: Callable[[Settings], Any] | None = None,
 ) -> Flask:
     """The Flask app; the model starts loading in the background at once."""
-    settings = settings or Settings.from_env()
-    if not settings.inference_id:
-        raise ValueError("KML_INFERENCE_ID is not set: an infer process serves one deployment")
-    configure_logging(settings.log_level)
-    metrics = InferMetrics(settings.inference_id)
-    service = InferenceService(settings, metrics, loader=loader, producer_factory=producer_factory)
-    app = Flask("kml-infer")
+    service: InferenceService | None = None
+
+    def parts(s: Settings) -> Function:
+        nonlocal service
+        if not s.inference_id:
+            raise ValueError("KML_INFERENCE_ID is not set: an infer process serves one deployment")
+        metrics = InferMetrics(s.inference_id)
+        service = InferenceService(s, metrics, loader=loader, producer_factory=producer_factory)
+        return build(s, service)
+
+    app = function_app(settings, parts)
+    assert service is not None
     app.extensions["kml.infer"] = service
-    install_common(app, settings, service.ready)
+    service.start()
+    return app
+
+
+def build(settings: Settings, service: InferenceService) -> Function:
+    """Infer's parts: the Kafka and CloudEvent paths, KServe V1 and metrics, model readiness."""
+    metrics = service.metrics
 
     def observed(path: str, handler: Callable[[], Response]) -> Response:
         started = time.perf_counter()
@@ -60,26 +65,22 @@ def create_app(
         finally:
             metrics.observe_request(path, status, time.perf_counter() - started, kind)
 
-    @app.post("/")
-    def _event() -> Response:
-        event = received_event(settings)
-        if event.type == KAFKA_EVENT:
-            return observed("kafka", lambda: json_response(handle_kafka_event(service, event)))
-        if event.type == INFERENCE_REQUEST:
+    def kafka_event(event: Event) -> Response:
+        return observed("kafka", lambda: json_response(handle_kafka_event(service, event)))
 
-            def answer() -> Response:
-                out = predict_instances(service, event.json())
-                reply = new_event(
-                    INFERENCE_RESPONSE, f"/kml/infer/{settings.inference_id}", out, subject=event.id
-                )
-                return event_response(reply)
+    def inference_request(event: Event) -> Response:
+        def answer() -> Response:
+            out = predict_instances(service, event.json())
+            reply = new_event(
+                INFERENCE_RESPONSE, f"/kml/infer/{settings.inference_id}", out, subject=event.id
+            )
+            return event_response(reply)
 
-            return observed("event", answer)
-        raise InvalidEvent(
-            f"unknown event type {event.type!r}; infer takes {KAFKA_EVENT} and {INFERENCE_REQUEST}"
-        )
+        return observed("event", answer)
 
-    @app.post("/v1/models/<name>:predict")
+    serving = Blueprint("serving", __name__)
+
+    @serving.post("/v1/models/<name>:predict")
     def _kserve_predict(name: str) -> Response:
         def answer() -> Response:
             _check_name(service, name)
@@ -90,17 +91,22 @@ def create_app(
 
         return observed("kserve", answer)
 
-    @app.get("/v1/models/<name>")
+    @serving.get("/v1/models/<name>")
     def _kserve_metadata(name: str) -> Response:
         _check_name(service, name)
         return json_response(model_metadata(service))
 
-    @app.get("/metrics")
+    @serving.get("/metrics")
     def _metrics() -> Response:
         return Response(metrics.render(), content_type=metrics.content_type)
 
-    service.start()
-    return app
+    return Function(
+        name="infer",
+        events={KAFKA_EVENT: kafka_event, INFERENCE_REQUEST: inference_request},
+        ready=service.ready,
+        close=service.close,
+        blueprints=[serving],
+    )
 
 
 def _check_name(service: InferenceService, name: str) -> None:

@@ -1,14 +1,43 @@
-"""What each register event does, as plain functions over a ``Registry`` (the app only routes)."""
+"""What each register event does, as plain functions over a ``Registry`` (the app only routes).
+
+:func:`handle_event` is the whole of ``POST /``: the event's type picks the create function, a
+redelivered event (same source and id) gets the first answer again (200) instead of a second
+record, a new one gets the stored record (201); both as the matching ``*.created`` CloudEvent.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from functions.register import schemas, validator
+from kafkaml import events
 from kafkaml.errors import Conflict, NotFound, ValidationFailed
+from kafkaml.events import Event
 from kafkaml.manifests import render_inference_manifests, to_yaml
 from kafkaml.settings import Settings
+from kafkaml.web import unknown_event_type
 from storage.registry import Registry
+
+SOURCE = "/kml/register"
+"""The ``source`` of register's answers."""
+
+Create = Callable[[Registry, Settings, Any], dict[str, Any]]
+
+
+def handle_event(registry: Registry, settings: Settings, event: Event) -> tuple[Event, int]:
+    """The answer to one register CloudEvent and its status (201 created, 200 redelivered)."""
+    if event.type not in ROUTES:
+        raise unknown_event_type("register", event.type, ROUTES)
+    answer_type, create = ROUTES[event.type]
+    seen = registry.find_event(event.source, event.id)
+    if seen is not None and seen.get("type") == event.type:
+        record, status = seen["answer"], 200  # a redelivery: the first answer again
+    else:
+        record, status = create(registry, settings, event.json()), 201
+        registry.remember_event(event.source, event.id, event.type, record)
+    subject = str(record.get("id") or record.get("name") or event.id)
+    return events.new_event(answer_type, SOURCE, record, subject=subject), status
 
 
 def register_model(registry: Registry, data: Any) -> dict[str, Any]:
@@ -100,6 +129,8 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
         spec["id"] = data["id"]
     if data.get("image") is not None:
         spec["image"] = data["image"]
+    if data.get("mode") is not None:
+        spec["mode"] = data["mode"]
     record = registry.create_inference(spec)
     text = to_yaml(render_inference_manifests(record, settings))
     key = registry.put_inference_manifests(record["id"], text)
@@ -154,3 +185,15 @@ def _input_of(
             ["input_format / input_config: not given and the run's datasource has none"],
         )
     return fmt, config
+
+
+ROUTES: dict[str, tuple[str, Create]] = {
+    events.MODEL_REGISTER: (events.MODEL_REGISTERED, lambda r, s, d: register_model(r, d)),
+    events.CONFIGURATION_CREATE: (
+        events.CONFIGURATION_CREATED,
+        lambda r, s, d: create_configuration(r, d),
+    ),
+    events.DEPLOYMENT_CREATE: (events.DEPLOYMENT_CREATED, lambda r, s, d: create_deployment(r, d)),
+    events.INFERENCE_CREATE: (events.INFERENCE_CREATED, create_inference),
+}
+"""Event type -> (answer type, create function)."""

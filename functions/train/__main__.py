@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 
-from functions.train.service import Trainer, control_message_from_event
+from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event
 from kafkaml.errors import EXIT_OK, EXIT_USAGE, KmlError, exit_code
 from kafkaml.events import STRUCTURED_CONTENT_TYPE, parse_http
 from kafkaml.settings import Settings
-from kafkaml.web import configure_logging
+from kafkaml.web import configure_logging, unknown_event_type
+
+log = logging.getLogger("kml.train")
 
 
 def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> int:
@@ -28,15 +31,28 @@ def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> 
     except OSError as e:
         print(json.dumps({"error": f"cannot read event file {event_path}: {e.strerror}"}))
         return EXIT_USAGE
+    own = trainer is None
     try:
         event = parse_http({"content-type": STRUCTURED_CONTENT_TYPE}, body)
+        if event.type not in EVENT_TYPES:
+            raise unknown_event_type("train", event.type, EVENT_TYPES)
         trainer = trainer or Trainer.from_settings(settings)
         run_record = trainer.train(control_message_from_event(event), http=False)
     except KmlError as e:
         print(json.dumps(e.to_dict(), default=str))
         return exit_code(e.status)
+    finally:
+        if own and trainer is not None:
+            _close(trainer)
     print(json.dumps(run_record, default=str))
     return EXIT_OK
+
+
+def _close(trainer: Trainer) -> None:
+    try:
+        trainer.close()
+    except KmlError as e:  # the run record is durable; only queued progress events are lost
+        log.warning("results events not flushed", extra={"fields": {"reason": e.message}})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,24 +9,36 @@ progress (KafkaSource retries); 4xx for permanent problems; 5xx for transient on
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, Response
 
-from functions.train.service import Trainer, control_message_from_event
+from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event
+from kafkaml.events import Event
 from kafkaml.settings import Settings
-from kafkaml.web import configure_logging, install_common, json_response, received_event
+from kafkaml.web import Function, function_app, json_response
 
 
 def create_app(settings: Settings | None = None, trainer: Trainer | None = None) -> Flask:
-    settings = settings or Settings.from_env()
-    configure_logging(settings.log_level)
-    trainer = trainer or Trainer.from_settings(settings)
-    app = Flask("kml-train")
+    """The Flask app; ``trainer`` defaults to one over the settings' storage and Kafka."""
+
+    def parts(s: Settings) -> Function:
+        nonlocal trainer
+        trainer = trainer or Trainer.from_settings(s)
+        return build(trainer)
+
+    app = function_app(settings, parts)
     app.extensions["kml.trainer"] = trainer
-    install_common(app, settings, ready=trainer.registry.store.ping)
-
-    @app.post("/")
-    def receive():
-        msg = control_message_from_event(received_event(settings))
-        return json_response(trainer.train(msg, http=True))
-
     return app
+
+
+def build(trainer: Trainer) -> Function:
+    """Train's parts: both event types run the HTTP route of the trainer; storage readiness."""
+
+    def receive(event: Event) -> Response:
+        return json_response(trainer.train(control_message_from_event(event), http=True))
+
+    return Function(
+        name="train",
+        events=dict.fromkeys(EVENT_TYPES, receive),
+        ready=trainer.registry.store.ping,
+        close=trainer.close,
+    )

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from kafkaml.codecs import UndecodableRecord
-from kafkaml.kafka import read_offset_ranges
+from kafkaml.kafka import RangeRecords, read_offset_ranges
 from kafkaml.settings import Settings
-from kafkaml.wire import ControlMessage, codec_for
+from kafkaml.wire import ControlMessage, OffsetRange, codec_for
 
 log = logging.getLogger("kml.train")
+
+OffsetReader = Callable[[Settings, Sequence[OffsetRange]], RangeRecords]
+"""Reads exactly the records of the offset ranges (unit tests pass an in-memory one)."""
+
+
+def read_from_kafka(settings: Settings, ranges: Sequence[OffsetRange]) -> RangeRecords:
+    """The records of ``ranges`` from the settings' Kafka, every wait bounded."""
+    return read_offset_ranges(settings.kafka_bootstrap, ranges, timeout_s=settings.kafka_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -69,11 +78,11 @@ def split(
     return Dataset(Split(x[train], y[train]), Split(x[val], y[val]), Split(x[test], y[test]), seed)
 
 
-def load(settings: Settings, msg: ControlMessage, seed: int) -> Dataset:
-    """Read the ranges exactly once from Kafka, decode, shuffle and split."""
-    records = read_offset_ranges(
-        settings.kafka_bootstrap, msg.ranges, timeout_s=settings.kafka_timeout_s
-    )
+def load(
+    settings: Settings, msg: ControlMessage, seed: int, reader: OffsetReader = read_from_kafka
+) -> Dataset:
+    """Read the ranges exactly once (from Kafka by default), decode, shuffle and split."""
+    records = reader(settings, msg.ranges)
     log.info(
         "read training data",
         extra={

@@ -30,6 +30,12 @@ class ResultsPublisher:
             )
         return self._producer
 
+    def close(self) -> None:
+        """Wait (bounded by the Kafka timeout) for events still queued, then drop the producer."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.flush()
+
     def _publish(self, type_: str, run_id: str, data: dict[str, Any], wait: bool) -> None:
         event = events.new_event(type_, SOURCE, {"run_id": run_id, **data}, subject=run_id)
         self.producer.publish_event(self.topic, event, key=run_id, wait=wait)

@@ -27,6 +27,7 @@ from kafkaml.settings import Settings
 from kafkaml.wire import ControlMessage, InvalidControlMessage, parse_control_message
 from storage.objects import PreconditionFailed
 from storage.registry import Registry
+from storage.specs import Deployment
 
 log = logging.getLogger("kml.train")
 
@@ -49,6 +50,10 @@ class RunFailed(KmlError):
     """A redelivered control message whose run already failed permanently."""
 
     kind = "run_failed"
+
+
+EVENT_TYPES = (events.KAFKA_EVENT, events.TRAINING_REQUEST)
+"""The CloudEvent types train takes: a control record from KafkaSource, or a training request."""
 
 
 def control_message_from_event(event: events.Event) -> ControlMessage:
@@ -81,11 +86,17 @@ class Trainer:
     settings: Settings
     registry: Registry
     publisher: ResultsPublisher
+    reader: dataset.OffsetReader = dataset.read_from_kafka
+    """Reads the control message's offset ranges (Kafka; an in-memory one in unit tests)."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Trainer:
         return cls(settings, Registry.from_settings(settings), ResultsPublisher(settings))
+
+    def close(self) -> None:
+        """Deliver the results events still queued (bounded), then let go of the producer."""
+        self.publisher.close()
 
     # -- entry --------------------------------------------------------------------------------
     def train(self, msg: ControlMessage, *, http: bool) -> dict[str, Any]:
@@ -100,8 +111,8 @@ class Trainer:
                 f"artifacts) exceeds the {limit:g}s HTTP "
                 "request timeout; send this event to the train JobSink (batch mode) instead",
                 [
-                    f"work: {msg.record_count} records x {deployment.get('epochs') or 1} epochs x "
-                    f"{len(models)} models"
+                    f"work: {msg.record_count} records x "
+                    f"{Deployment.from_dict(deployment).epochs} epochs x {len(models)} models"
                 ],
                 estimate_s=round(estimate, 1),
             )
@@ -115,7 +126,7 @@ class Trainer:
     def estimate_seconds(
         self, msg: ControlMessage, deployment: dict[str, Any], n_models: int
     ) -> float:
-        epochs = int(deployment.get("epochs") or 1)
+        epochs = Deployment.from_dict(deployment).epochs
         return msg.record_count * epochs * n_models * self.settings.train_record_epoch_budget_s
 
     # -- lookups ------------------------------------------------------------------------------
@@ -221,7 +232,7 @@ class Trainer:
             if seed is None:
                 seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 2**31
             _, etag = self.registry.update_run(run_id, etag, status="running", seed=int(seed))
-            data = dataset.load(self.settings, msg, int(seed))
+            data = dataset.load(self.settings, msg, int(seed), self.reader)
             results = self._train_all(run_id, msg, deployment, models, data)
             record, _ = self.registry.update_run(
                 run_id,
@@ -257,7 +268,7 @@ class Trainer:
         data: dataset.Dataset,
     ) -> dict[str, Any]:
         names = [m.get("name", "model") for m in models]
-        epochs = int(deployment.get("epochs") or 1)
+        epochs = Deployment.from_dict(deployment).epochs
         results: dict[str, Any] = {}
         for record, name in zip(models, names, strict=True):
             folder = name if names.count(name) == 1 else f"{name}.v{record.get('version')}"

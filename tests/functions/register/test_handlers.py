@@ -1,0 +1,125 @@
+"""Register's handler over an in-memory store: what each event stores and answers, no MinIO."""
+
+from __future__ import annotations
+
+import pytest
+
+from functions.register import handlers
+from functions.register.app import create_app
+from kafkaml import events
+from kafkaml.errors import Conflict, InvalidEvent, ValidationFailed
+from kafkaml.events import Event, new_event, to_http
+from kafkaml.settings import Settings
+from storage.registry import Registry
+from tests.fakes import MemoryStore, tiny_model_json
+from tests.functions.register.conftest import model_event
+
+SETTINGS = Settings(bucket="unit", namespace="kml")
+MODEL = model_event("m", tiny_model_json())
+"""A 4 -> 3 -> 2 classifier (23 parameters), validated by the real validator child."""
+REGISTER_TYPES = [
+    events.MODEL_REGISTER,
+    events.CONFIGURATION_CREATE,
+    events.DEPLOYMENT_CREATE,
+    events.INFERENCE_CREATE,
+]
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return Registry(MemoryStore("unit"))
+
+
+def handle(registry: Registry, type_: str, data, event_id: str | None = None):
+    event = new_event(type_, "/tests/handlers", data)
+    if event_id is not None:
+        event = Event(type_, event.source, event_id, data)
+    reply, status = handlers.handle_event(registry, SETTINGS, event)
+    return status, reply.type, reply.data
+
+
+def test_a_model_is_validated_stored_and_answered(registry):
+    status, answer_type, record = handle(registry, events.MODEL_REGISTER, MODEL)
+    assert (status, answer_type) == (201, events.MODEL_REGISTERED)
+    assert (record["name"], record["version"], record["param_count"]) == ("m", 1, 23)
+    assert registry.get_model("m") == record
+    assert registry.store.exists("models/m/1/model.json")
+
+
+def test_a_redelivered_event_gets_the_first_answer_and_stores_nothing_new(registry):
+    first = handle(registry, events.MODEL_REGISTER, MODEL, event_id="partition:0/offset:7")
+    again = handle(registry, events.MODEL_REGISTER, MODEL, event_id="partition:0/offset:7")
+    assert (first[0], again[0]) == (201, 200)
+    assert again[2] == first[2]
+    assert registry.list_model_versions("m") == [1]
+    other = handle(registry, events.MODEL_REGISTER, MODEL, event_id="partition:0/offset:8")
+    assert (other[0], other[2]["version"]) == (201, 2)
+
+
+def test_configuration_and_deployment_pin_the_model_versions(registry):
+    handle(registry, events.MODEL_REGISTER, MODEL)
+    handle(registry, events.MODEL_REGISTER, MODEL)
+    status, answer_type, config = handle(
+        registry, events.CONFIGURATION_CREATE, {"name": "c", "models": ["m", "m@1"]}
+    )
+    assert (status, answer_type) == (201, events.CONFIGURATION_CREATED)
+    assert config["models"] == ["m@2", "m@1"]
+    status, answer_type, deployment = handle(
+        registry, events.DEPLOYMENT_CREATE, {"configuration": "c", "epochs": 2}
+    )
+    assert (status, answer_type) == (201, events.DEPLOYMENT_CREATED)
+    assert (deployment["id"], deployment["models"]) == ("1", ["m@2", "m@1"])
+    assert (deployment["epochs"], deployment["batch_size"]) == (2, 32)
+    with pytest.raises(ValidationFailed) as unknown:
+        handle(registry, events.DEPLOYMENT_CREATE, {"configuration": "ghost"})
+    assert unknown.value.problems == ["configuration: no configuration 'ghost'"]
+
+
+def test_inference_waits_for_a_running_run_and_renders_for_a_succeeded_one(registry):
+    store = registry.store
+    registry.put_datasource(
+        "ds", {"control_message": {"input_format": "RAW", "input_config": {"data_type": "float32"}}}
+    )
+    _, etag = registry.get_run(registry.claim_run("run-1", {"datasource_id": "ds"})[0]["run_id"])
+    _, etag = registry.update_run("run-1", etag, status="running")
+    spec = {"id": "digits", "run_id": "run-1", "input_topic": "in", "output_topic": "out"}
+    with pytest.raises(Conflict, match="run-1 is running"):
+        handle(registry, events.INFERENCE_CREATE, spec)
+    key = registry.run_artifact_key("run-1", "m", "model.keras")
+    store.put(key, b"keras")
+    registry.update_run(
+        "run-1", etag, status="succeeded", models={"m": {"artifacts": {"model.keras": key}}}
+    )
+    status, answer_type, record = handle(registry, events.INFERENCE_CREATE, spec)
+    assert (status, answer_type) == (201, events.INFERENCE_CREATED)
+    assert (record["model"], record["input_format"]) == ("m", "RAW")
+    assert "kind: Service" in store.get("inference/digits.yaml").body.decode()
+
+
+def test_an_unknown_event_type_is_one_400_naming_the_accepted_types(registry):
+    with pytest.raises(InvalidEvent) as raised:
+        handle(registry, "kml.model.delete", {"name": "x"})
+    client = create_app(SETTINGS, registry).test_client()
+    headers, body = to_http(new_event("kml.model.delete", "/tests", {"name": "x"}))
+    r = client.post("/", headers=headers, data=body)
+    assert r.status_code == 400
+    assert r.get_json() == raised.value.to_dict()
+    assert r.get_json()["kind"] == "invalid_event"
+    assert r.get_json()["accepted"] == REGISTER_TYPES
+    assert "kml.model.delete" in r.get_json()["error"]
+    assert all(t in r.get_json()["error"] for t in REGISTER_TYPES)
+
+
+def test_read_api_and_readiness_over_the_app(registry):
+    client = create_app(SETTINGS, registry).test_client()
+    headers, body = to_http(new_event(events.MODEL_REGISTER, "/t", MODEL))
+    assert client.post("/", headers=headers, data=body).status_code == 201
+    assert client.get("/models/m/1").get_json()["param_count"] == 23
+    assert [m["versions"] for m in client.get("/models").get_json()] == [[1]]
+    assert client.get("/models/m/one").status_code == 422
+    assert client.get("/runs/nope").get_json()["kind"] == "not_found"
+    assert client.get("/health/readiness").status_code == 200
+    registry.store.down = True
+    ready = client.get("/health/readiness")
+    assert ready.status_code == 503 and ready.get_json()["kind"] == "unavailable"
+    assert client.get("/health/liveness").status_code == 200  # storage down: not a restart
