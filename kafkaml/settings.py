@@ -103,6 +103,15 @@ class Settings:
     """Train: estimated seconds per record, per epoch, per model; sizes work for the HTTP route."""
     train_http_reserve_s: float = 60.0
     """Train: seconds of the request timeout kept for reading data and saving artifacts."""
+    register_validate_timeout_s: float = 180.0
+    """Register: how long one model's validation child may take (Keras import included); past
+    it the child and its process group are killed and the registration is answered 503."""
+    register_keras_member_max_bytes: int = 64 * 1024 * 1024
+    """Register: largest uncompressed size of a ``.keras`` archive's weights member, declared in
+    its zip header and as read (the HDF5 datasets' declared sizes together too); 422 above."""
+    register_keras_config_max_bytes: int = 8 * 1024 * 1024
+    """Register: largest uncompressed size of a ``.keras`` archive's ``config.json`` and
+    ``metadata.json``, declared and as read (a zip bomb stops here); 422 above."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -1,9 +1,13 @@
-"""Validate a Keras model definition without running user code: safe-mode load, build, compile.
+"""Validate a Keras model definition without running user code: allowlist, bounded read, load.
 
 A definition is either a Keras JSON config (``model.to_json()``) plus a compile spec, or a
-``.keras`` file. Before Keras sees it, the config is scanned: Lambda layers (Python code) and
-objects outside Keras (custom classes, custom functions) are refused with 422 and the reason.
-Keras (and so TensorFlow) is imported lazily, on the first registration.
+``.keras`` file. Before Keras sees it, every object the config (and the compile spec) names is
+checked against an allowlist of built-in Keras classes and functions (``allowlist``): Lambda
+layers, ``TFSMLayer``, custom classes and anything that loads files are refused with 422, the
+class and its path in the config. A ``.keras`` archive is read within size caps and its HDF5
+weights are checked for links and external storage first (``archive``). Only then is the model
+loaded in Keras' safe mode, built and compiled. This runs in the validator's child process;
+Keras (and so TensorFlow) is imported lazily, after the checks.
 """
 
 from __future__ import annotations
@@ -13,17 +17,17 @@ import binascii
 import io
 import json
 import tempfile
-import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from functions.register import archive
+from functions.register.allowlist import scan_config
+from functions.register.archive import Limits
 from kafkaml.errors import ValidationFailed
 
-LAMBDA_CLASSES = {"Lambda", "TFOpLambda", "SlicingOpLambda", "__lambda__"}
-_KERAS_LOCK = threading.Lock()
-"""Keras building is not made for concurrent use; registrations are rare and quick."""
+__all__ = ["Limits", "ValidatedModel", "scan_config", "validate_definition"]
 
 
 @dataclass(frozen=True)
@@ -48,43 +52,17 @@ class ValidatedModel:
         }
 
 
-def scan_config(config: Any, path: str = "keras_json") -> list[str]:
-    """Every Lambda layer and non-Keras object in a Keras config, with where it is."""
-    problems: list[str] = []
-    if isinstance(config, dict):
-        cls, module = config.get("class_name"), config.get("module")
-        registered = config.get("registered_name")
-        if cls in LAMBDA_CLASSES:
-            problems.append(
-                f"{path}: {cls} layer refused: it carries Python code, which the "
-                "server never runs; use built-in layers"
-            )
-        elif module == "builtins" and cls == "function":
-            if not isinstance(config.get("config"), str):
-                problems.append(f"{path}: function object refused")
-        elif isinstance(module, str) and module != "keras" and not module.startswith("keras."):
-            problems.append(
-                f"{path}: custom object {module}.{cls} refused: only built-in Keras "
-                "objects are accepted"
-            )
-        elif isinstance(registered, str) and ">" in registered:
-            problems.append(f"{path}: custom registered object {registered!r} refused")
-        for key, value in config.items():
-            problems.extend(scan_config(value, f"{path}.{key}"))
-    elif isinstance(config, list):
-        for i, value in enumerate(config):
-            problems.extend(scan_config(value, f"{path}[{i}]"))
-    return problems
-
-
 def parse_keras_json(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The config as the JSON string Keras reads and as an object; 422 if it is not one."""
     if isinstance(value, dict):
         return json.dumps(value), value
     try:
         config = json.loads(value)
-    except ValueError as e:
-        raise ValidationFailed("keras_json is not JSON", [f"keras_json: not JSON ({e})"]) from None
+    except (ValueError, RecursionError) as e:
+        detail = str(e)[:200] if isinstance(e, ValueError) else "nested too deeply"
+        raise ValidationFailed(
+            "keras_json is not JSON", [f"keras_json: not JSON ({detail})"]
+        ) from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValidationFailed(
             "keras_json is not a Keras model config",
@@ -93,30 +71,36 @@ def parse_keras_json(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return value, config
 
 
-def validate_definition(data: dict[str, Any]) -> tuple[ValidatedModel, bytes | None]:
+def validate_definition(
+    data: dict[str, Any], limits: Limits | None = None
+) -> tuple[ValidatedModel, bytes | None]:
     """Validate a ``kml.model.register`` body; returns the summary and the ``.keras`` bytes."""
+    limits = limits or Limits()
+    compile_problems = _scan_compile(data.get("compile"))
     if data.get("keras_b64") is not None:
         raw = decode_keras_file(data["keras_b64"])
-        return validate_keras_file(raw, data.get("compile")), raw
+        return validate_keras_file(raw, data.get("compile"), limits, compile_problems), raw
     _, config = parse_keras_json(data["keras_json"])
-    problems = scan_config(config)
+    problems = scan_config(config) + compile_problems
     if problems:
         raise ValidationFailed("model definition refused", problems)
-    with _KERAS_LOCK:
-        keras = _keras()
-        try:
-            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-        except Exception as e:  # Keras raises ValueError/TypeError/KeyError with the reason
-            raise ValidationFailed(
-                "model config does not load", [f"keras_json: {_short(e)}"]
-            ) from None
-        return _summarise(keras, model, data["compile"]), None
+    keras = _keras()
+    try:
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError/TypeError/KeyError with the reason
+        raise ValidationFailed("model config does not load", [f"keras_json: {_short(e)}"]) from None
+    return _summarise(keras, model, data["compile"]), None
+
+
+def _scan_compile(spec: Any) -> list[str]:
+    return scan_config(spec, "compile") if isinstance(spec, dict) else []
 
 
 def decode_keras_file(b64: str) -> bytes:
+    """The ``.keras`` bytes of ``keras_b64``; 422 if it is not Base64 of a zip archive."""
     try:
         raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, TypeError):
         raise ValidationFailed("keras_b64 is not Base64", ["keras_b64: not valid Base64"]) from None
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise ValidationFailed(
@@ -125,35 +109,41 @@ def decode_keras_file(b64: str) -> bytes:
     return raw
 
 
-def validate_keras_file(raw: bytes, compile_spec: dict[str, Any] | None) -> ValidatedModel:
-    """Scan a ``.keras`` archive's config, load it in safe mode, build and compile it."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
-            config = json.loads(archive.read("config.json"))
-    except (KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValidationFailed(
-            "keras_b64 has no readable config.json",
-            [f"keras_b64: config.json missing or unreadable ({e})"],
-        ) from None
-    problems = scan_config(config, "keras_b64.config.json")
+def validate_keras_file(
+    raw: bytes,
+    compile_spec: dict[str, Any] | None,
+    limits: Limits | None = None,
+    compile_problems: list[str] | None = None,
+) -> ValidatedModel:
+    """Read a ``.keras`` archive within its caps, scan it, load it in safe mode, compile it."""
+    limits = limits or Limits()
+    members = archive.read_members(raw, limits)
+    config = archive.parse_json_member(archive.CONFIG, members[archive.CONFIG])
+    if archive.METADATA in members:
+        archive.parse_json_member(archive.METADATA, members[archive.METADATA])
+    if not isinstance(config, dict):
+        raise ValidationFailed("model definition refused", ["keras_b64.config.json: not an object"])
+    problems = scan_config(config, "keras_b64.config.json") + list(compile_problems or [])
     if compile_spec is None:
         compile_spec = _compile_from_archive(config)
         if compile_spec is None:
             problems.append("compile: required (the .keras file holds no compile config)")
     if problems:
         raise ValidationFailed("model definition refused", problems)
-    with _KERAS_LOCK:
-        keras = _keras()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "model.keras"
-            path.write_bytes(raw)
-            try:
-                model = keras.saving.load_model(path, compile=False, safe_mode=True)
-            except Exception as e:
-                raise ValidationFailed(
-                    "the .keras file does not load", [f"keras_b64: {_short(e)}"]
-                ) from None
-        return _summarise(keras, model, compile_spec)
+    if archive.WEIGHTS in members:
+        archive.check_weights(members[archive.WEIGHTS], limits)
+    del members
+    keras = _keras()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(raw)
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as e:
+            raise ValidationFailed(
+                "the .keras file does not load", [f"keras_b64: {_short(e)}"]
+            ) from None
+    return _summarise(keras, model, compile_spec)
 
 
 def _compile_from_archive(config: dict[str, Any]) -> dict[str, Any] | None:
