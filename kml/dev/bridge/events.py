@@ -161,7 +161,11 @@ def _from_kafka_cloudevent(record: Record) -> tuple[dict[str, str], bytes]:
         raise NotACloudEvent("structured record is not JSON") from None
     if not isinstance(body, dict):
         raise NotACloudEvent("structured record is not a JSON object")
-    attrs = {k: _attribute_text(v) for k, v in body.items() if k not in ("data", "data_base64")}
+    attrs = {
+        k: _attribute_text(v)
+        for k, v in body.items()
+        if k not in ("data", "data_base64") and v is not None
+    }
     # Jackson re-serialises the event: a JSON content type when the event names none.
     attrs.setdefault("datacontenttype", "application/json")
     attrs = _validated(attrs)

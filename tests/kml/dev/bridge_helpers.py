@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from kafkaml.settings import Settings
@@ -261,10 +261,20 @@ def produce(bootstrap: str, topic: str, records: list[dict[str, Any]]) -> None:
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
+    """The group's committed offsets (the coordinator may still be moving: asked again)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-        return [tp.offset for tp in tps]
+        for attempt in range(20):
+            try:
+                tps = consumer.committed(
+                    [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+                )
+                return [tp.offset for tp in tps]
+            except KafkaException:
+                if attempt == 19:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 
