@@ -27,7 +27,7 @@ from functions.register.allowlist import scan_config
 from functions.register.archive import Limits
 from kafkaml.errors import ValidationFailed
 
-__all__ = ["Limits", "ValidatedModel", "scan_config", "validate_definition"]
+__all__ = ["Checked", "Limits", "ValidatedModel", "scan_config", "validate_definition"]
 
 
 @dataclass(frozen=True)
@@ -71,29 +71,81 @@ def parse_keras_json(value: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return value, config
 
 
+@dataclass(frozen=True)
+class Checked:
+    """A definition that passed every check made without Keras: what loading it needs."""
+
+    config: dict[str, Any]
+    compile: dict[str, Any] | None
+    raw: bytes | None = None
+    weights: bytes | None = None
+
+
+def check_definition(data: dict[str, Any], limits: Limits | None = None) -> Checked:
+    """Every check that needs neither Keras nor h5py: allowlist scan, archive bounds; 422 if not.
+
+    Cheap and quick, so a refused definition is answered before TensorFlow is even imported.
+    """
+    limits = limits or Limits()
+    compile_spec = data.get("compile")
+    compile_problems = (
+        scan_config(compile_spec, "compile") if isinstance(compile_spec, dict) else []
+    )
+    if data.get("keras_b64") is None:
+        _, config = parse_keras_json(data["keras_json"])
+        problems = scan_config(config) + compile_problems
+        if problems:
+            raise ValidationFailed("model definition refused", problems)
+        return Checked(config, compile_spec)
+    raw = decode_keras_file(data["keras_b64"])
+    members = archive.read_members(raw, limits)
+    config = archive.parse_json_member(archive.CONFIG, members[archive.CONFIG])
+    if archive.METADATA in members:
+        archive.parse_json_member(archive.METADATA, members[archive.METADATA])
+    if not isinstance(config, dict):
+        raise ValidationFailed("model definition refused", ["keras_b64.config.json: not an object"])
+    problems = scan_config(config, "keras_b64.config.json") + compile_problems
+    if compile_spec is None:
+        compile_spec = _compile_from_archive(config)
+        if compile_spec is None:
+            problems.append("compile: required (the .keras file holds no compile config)")
+    if problems:
+        raise ValidationFailed("model definition refused", problems)
+    return Checked(config, compile_spec, raw, members.get(archive.WEIGHTS))
+
+
+def load_definition(checked: Checked, limits: Limits | None = None) -> ValidatedModel:
+    """Check the HDF5 weights, then load the model in Keras' safe mode, build and compile it."""
+    limits = limits or Limits()
+    keras = _keras()
+    if checked.raw is None:
+        try:
+            model = keras.saving.deserialize_keras_object(checked.config, safe_mode=True)
+        except Exception as e:  # Keras raises ValueError/TypeError/KeyError with the reason
+            raise ValidationFailed(
+                "model config does not load", [f"keras_json: {_short(e)}"]
+            ) from None
+        return _summarise(keras, model, checked.compile or {})
+    if checked.weights is not None:
+        archive.check_weights(checked.weights, limits)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        path.write_bytes(checked.raw)
+        try:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except Exception as e:
+            raise ValidationFailed(
+                "the .keras file does not load", [f"keras_b64: {_short(e)}"]
+            ) from None
+    return _summarise(keras, model, checked.compile or {})
+
+
 def validate_definition(
     data: dict[str, Any], limits: Limits | None = None
 ) -> tuple[ValidatedModel, bytes | None]:
     """Validate a ``kml.model.register`` body; returns the summary and the ``.keras`` bytes."""
-    limits = limits or Limits()
-    compile_problems = _scan_compile(data.get("compile"))
-    if data.get("keras_b64") is not None:
-        raw = decode_keras_file(data["keras_b64"])
-        return validate_keras_file(raw, data.get("compile"), limits, compile_problems), raw
-    _, config = parse_keras_json(data["keras_json"])
-    problems = scan_config(config) + compile_problems
-    if problems:
-        raise ValidationFailed("model definition refused", problems)
-    keras = _keras()
-    try:
-        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
-    except Exception as e:  # Keras raises ValueError/TypeError/KeyError with the reason
-        raise ValidationFailed("model config does not load", [f"keras_json: {_short(e)}"]) from None
-    return _summarise(keras, model, data["compile"]), None
-
-
-def _scan_compile(spec: Any) -> list[str]:
-    return scan_config(spec, "compile") if isinstance(spec, dict) else []
+    checked = check_definition(data, limits)
+    return load_definition(checked, limits), checked.raw
 
 
 def decode_keras_file(b64: str) -> bytes:
@@ -107,43 +159,6 @@ def decode_keras_file(b64: str) -> bytes:
             "keras_b64 is not a .keras file", ["keras_b64: not a .keras (zip) archive"]
         )
     return raw
-
-
-def validate_keras_file(
-    raw: bytes,
-    compile_spec: dict[str, Any] | None,
-    limits: Limits | None = None,
-    compile_problems: list[str] | None = None,
-) -> ValidatedModel:
-    """Read a ``.keras`` archive within its caps, scan it, load it in safe mode, compile it."""
-    limits = limits or Limits()
-    members = archive.read_members(raw, limits)
-    config = archive.parse_json_member(archive.CONFIG, members[archive.CONFIG])
-    if archive.METADATA in members:
-        archive.parse_json_member(archive.METADATA, members[archive.METADATA])
-    if not isinstance(config, dict):
-        raise ValidationFailed("model definition refused", ["keras_b64.config.json: not an object"])
-    problems = scan_config(config, "keras_b64.config.json") + list(compile_problems or [])
-    if compile_spec is None:
-        compile_spec = _compile_from_archive(config)
-        if compile_spec is None:
-            problems.append("compile: required (the .keras file holds no compile config)")
-    if problems:
-        raise ValidationFailed("model definition refused", problems)
-    if archive.WEIGHTS in members:
-        archive.check_weights(members[archive.WEIGHTS], limits)
-    del members
-    keras = _keras()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.keras"
-        path.write_bytes(raw)
-        try:
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        except Exception as e:
-            raise ValidationFailed(
-                "the .keras file does not load", [f"keras_b64: {_short(e)}"]
-            ) from None
-    return _summarise(keras, model, compile_spec)
 
 
 def _compile_from_archive(config: dict[str, Any]) -> dict[str, Any] | None:

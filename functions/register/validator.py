@@ -212,12 +212,16 @@ def _run(child: _Child, request: bytes, timeout_s: float) -> dict[str, Any]:
     return answer
 
 
-def _answer(request: dict[str, Any]) -> dict[str, Any]:
+def _answer(request: dict[str, Any], warming: threading.Thread | None) -> dict[str, Any]:
     """Runs in the child: the validation's outcome as a JSON-safe value."""
-    from functions.register.models import validate_definition
+    from functions.register.models import check_definition, load_definition
 
+    limits = Limits(**request["limits"])
     try:
-        validated, _ = validate_definition(request["data"], Limits(**request["limits"]))
+        checked = check_definition(request["data"], limits)  # no Keras: refusals come at once
+        if warming is not None:
+            warming.join()  # h5py and Keras are imported by one thread only
+        validated = load_definition(checked, limits)
         return {"kind": "ok", "model": validated.summary()}
     except ValidationFailed as e:
         return {"kind": "invalid", "message": e.message, "problems": e.problems}
@@ -225,18 +229,23 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
         return {"kind": "error", "message": e.message, "status": e.status}
 
 
-def _child_main(argv: list[str]) -> int:
+def _import_keras() -> None:
+    import keras  # noqa: F401
+
+
+def _child_main(argv: list[str]) -> None:
     answer_to = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # whatever Keras or TensorFlow print goes to stderr, never into the answer
-    if "--warm" in argv:
-        import keras  # noqa: F401  (the spare imports it while it waits)
+    warming = None
+    if "--warm" in argv:  # the spare imports Keras while it waits for its request
+        warming = threading.Thread(target=_import_keras, name="import-keras", daemon=True)
+        warming.start()
     request = sys.stdin.buffer.read()
-    if not request:
-        return 0  # retired spare, or the parent is gone
-    json.dump(_answer(json.loads(request)), answer_to)
-    answer_to.flush()
-    return 0
+    if request:  # empty: a retired spare, or the parent is gone
+        json.dump(_answer(json.loads(request), warming), answer_to)
+        answer_to.flush()
+    os._exit(0)  # skip TensorFlow's teardown: the answer is out, nothing else is kept
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    _child_main(sys.argv[1:])
