@@ -67,9 +67,9 @@ def check_integrity(tarball: bytes, integrity: str = INTEGRITY) -> None:
         raise ValueError(f"{PACKAGE}@{VERSION}: integrity {algorithm}-{digest} != {integrity}")
 
 
-def unpack(tarball: bytes, folder: Path) -> None:
+def unpack(tarball: bytes, folder: Path, integrity: str = INTEGRITY) -> None:
     """Write the served files of a checked tarball into ``folder`` (nothing else is extracted)."""
-    check_integrity(tarball)
+    check_integrity(tarball, integrity)
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as tar:
         for member, name in FILES.items():

@@ -185,6 +185,9 @@
     poll(root.dataset.live, 1000, update);
   }
 
+  // A refused form: keyboard and screen reader users land on register's answer.
+  var refused = document.getElementById("refused");
+  if (refused) refused.focus();
   var curves = document.getElementById("curves");
   if (curves) runCurves(curves);
   var live = document.getElementById("predictions");
