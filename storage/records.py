@@ -283,10 +283,6 @@ class Model(Record):
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def ref(self) -> str:
-        return f"{self.name}@{self.version}"
-
 
 @dataclass(frozen=True)
 class Configuration(Record):
@@ -351,7 +347,3 @@ class Run(Record):
     created: str | None = None
     updated: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL

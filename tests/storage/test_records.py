@@ -52,6 +52,7 @@ STORED_SPEC = {
     "min_scale": 1,
     "max_scale": 3,
     "target_concurrency": 8,
+    "mode": "event",
     "id": "digits1",
     "schema_version": 1,
     "created": "2026-01-01T00:00:00.000Z",
@@ -96,7 +97,7 @@ def test_records_are_frozen_and_typed():
     with pytest.raises(dataclasses.FrozenInstanceError):
         deployment.epochs = 5  # type: ignore[misc]
     run = Run.from_dict(STORED_RUN)
-    assert run.terminal and run.extra["seed"] == 42
+    assert run.status == "succeeded" and run.extra["seed"] == 42
 
 
 def test_deployment_defaults_are_applied_once_for_what_is_not_given():
