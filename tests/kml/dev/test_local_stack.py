@@ -1,6 +1,6 @@
 """``kml dev up`` as a whole: Kafka, MinIO, register, train, the bridge (a register event
-published to Kafka reaches the register function); ``down`` stops them all, local inference
-processes included."""
+published to Kafka reaches the register function; Kafka-ML's default control topic exists and is
+followed); ``down`` stops them all, local inference processes included."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import requests
+from confluent_kafka.admin import AdminClient
 
 from kafkaml.events import MODEL_REGISTER, new_event
 from kafkaml.kafka import ConfirmingProducer
@@ -73,6 +74,12 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
             "kml-models": f"http://127.0.0.1:{settings.register_port}",
             "kml-control": f"http://127.0.0.1:{settings.train_port}",
         }
+        control = next(s for s in bridge["sources"] if s["name"] == "kml-control")
+        assert "KAFKA_ML_CONTROL_TOPIC" in control["topics"]
+        topics = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
+            timeout=10
+        )
+        assert {"kml-control", "KAFKA_ML_CONTROL_TOPIC", "kml-models"} <= set(topics.topics)
         record = register_through_kafka(settings, "via-kafka", model_json)
         assert record["name"] == "via-kafka" and record["version"] == 1
         # A local inference process, as `kml deploy inference ID --local` leaves it.
