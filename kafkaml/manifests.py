@@ -1,9 +1,14 @@
-"""Knative manifests of one inference deployment (step E): a Service and its KafkaSource.
+"""Manifests of one inference deployment (step E), in one of two modes.
+
+``event`` (the default): a Knative Service and its KafkaSource, which delivers the input topic
+to it one record per request with explicit retries and dead-letters to the KafkaSink named
+after the DLQ topic. ``stream``: a Deployment whose pods each run the batched consumer loop
+(``python -m functions.infer.stream``) in one consumer group, and a KEDA ``ScaledObject``
+scaling it 0..N on that group's lag.
 
 ``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
-The Service reads its connection settings from the ConfigMap ``kml-settings`` and the S3
-credentials from the Secret ``kml-s3`` (never inlined); the KafkaSource delivers the input
-topic to it with explicit retries and dead-letters to the KafkaSink named after the DLQ topic.
+The pods read their connection settings from the ConfigMap ``kml-settings`` and the S3
+credentials from the Secret ``kml-s3`` (never inlined).
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ DELIVERY = {
     "timeout": "PT30S",
 }
 """Retry 5 times at 1, 2, 4, 8, 16 s; each attempt bounded to 30 s."""
+EVENT, STREAM = "event", "stream"
+MODES = (EVENT, STREAM)
+"""How a deployment reads its input topic: ``event``, one record per request to a Knative
+Service through a KafkaSource; ``stream``, batched consumers in a Deployment scaled on lag."""
+STREAM_COMMAND = ["python", "-m", "functions.infer.stream"]
+LAG_THRESHOLD = 10_000
+"""Stream mode: records of consumer-group lag per replica KEDA aims at (a fraction of a second
+of one replica's work); more lag starts more replicas, up to one per partition."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +69,19 @@ def service_name(inference_id: str) -> str:
 
 
 def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list[dict[str, Any]]:
-    """The Knative Service and KafkaSource serving the inference ``spec``."""
+    """The Knative Service and KafkaSource serving the inference ``spec`` (event mode), or its
+    Deployment and ScaledObject (stream mode)."""
     name = service_name(spec["id"])
     labels = {
         "app.kubernetes.io/name": "kml-infer",
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/part-of": "kafka-ml-knative",
     }
+    if spec.get("mode", EVENT) == STREAM:
+        return [
+            _deployment(spec, settings, name, labels),
+            _scaled_object(spec, settings, name, labels),
+        ]
     return [_service(spec, settings, name, labels), _kafka_source(spec, settings, name, labels)]
 
 
@@ -159,6 +178,92 @@ def _kafka_source(
             "sink": {
                 "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}
             },
+        },
+    }
+
+
+def _deployment(
+    spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    probe = {"port": CONTAINER_PORT}
+    container = {
+        "name": "infer",
+        "image": spec.get("image") or settings.infer_image,
+        "command": STREAM_COMMAND,
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
+        "env": [
+            {"name": "KML_INFERENCE_ID", "value": str(spec["id"])},
+            {"name": "KML_INFER_STREAM_PORT", "value": str(CONTAINER_PORT)},
+        ],
+        "envFrom": [
+            {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
+            {"secretRef": {"name": S3_SECRET}},
+        ],
+        "resources": {
+            "requests": {"cpu": "1", "memory": "512Mi"},
+            "limits": {"cpu": "2", "memory": "1Gi"},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health/readiness", **probe},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health/liveness", **probe},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
+        "spec": {
+            # KEDA owns the count from here on: zero replicas until the group has lag.
+            "replicas": Scaling.of(spec).min_scale,
+            "selector": {"matchLabels": {"app.kubernetes.io/instance": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    # SIGTERM: the pod finishes its batch, commits and leaves the group.
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def _scaled_object(
+    spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
+) -> dict[str, Any]:
+    scaling = Scaling.of(spec)
+    servers = [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicaCount": scaling.min_scale,
+            "maxReplicaCount": scaling.max_scale,
+            "pollingInterval": 10,
+            "cooldownPeriod": 300,
+            "triggers": [
+                {
+                    "type": "kafka",
+                    "metadata": {
+                        "bootstrapServers": ",".join(servers),
+                        "consumerGroup": name,
+                        "topic": spec["input_topic"],
+                        "lagThreshold": str(LAG_THRESHOLD),
+                        "activationLagThreshold": "0",
+                        # A group that has committed nothing yet reads from the beginning (as
+                        # the consumers do), so records sent before it existed count as lag.
+                        "offsetResetPolicy": "earliest",
+                    },
+                }
+            ],
         },
     }
 

@@ -1,5 +1,6 @@
-"""Validate built manifests: Knative CRD schemas, Kubernetes core schemas, and the rules no schema
-expresses (timeouts, autoscaling ranges, sinks that exist, topics that have a KafkaTopic).
+"""Validate built manifests: Knative and KEDA CRD schemas, Kubernetes core schemas, and the rules
+no schema expresses (timeouts, autoscaling ranges, sinks and scale targets that exist, topics
+that have a KafkaTopic).
 
 ``check_documents(docs, schemas)`` returns every problem as ``"<kind>/<name>: <message>"``; an
 empty list means valid. CRD schemas are read from the ``apiextensions.k8s.io/v1`` CRDs in a
@@ -20,9 +21,11 @@ import yaml
 
 from kml.dev.bridge.sources import SourceError, is_kafka_source, parse_kafka_source
 from kml.manifests_rules import (
+    check_deployment,
     check_kafka_source,
     check_knative_service,
     check_references,
+    check_scaled_object,
     check_strimzi,
     kafka_sink_problems,
 )
@@ -34,9 +37,19 @@ SCHEMAS_SETTING = "KML_CRD_SCHEMAS"
 DEFAULT_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative"
 
 
+# KEDA's (the ScaledObject of stream-mode inference) likewise, through their own setting.
+KEDA_SCHEMAS_SETTING = "KML_KEDA_SCHEMAS"
+DEFAULT_KEDA_SCHEMAS = DEFAULT_SCHEMAS.parent / "keda"
+
+
 def crd_schema_dir() -> Path:
     """The Knative CRD schemas: ``$KML_CRD_SCHEMAS``, else ``../shared/schemas/knative``."""
     return Path(os.environ.get(SCHEMAS_SETTING) or DEFAULT_SCHEMAS).resolve()
+
+
+def keda_schema_dir() -> Path:
+    """KEDA's CRD schemas: ``$KML_KEDA_SCHEMAS``, else ``../shared/schemas/keda``."""
+    return Path(os.environ.get(KEDA_SCHEMAS_SETTING) or DEFAULT_KEDA_SCHEMAS).resolve()
 
 
 SchemaKey = tuple[str, str, str]  # (group, version, kind)
@@ -128,7 +141,7 @@ def schema_problems(doc: dict[str, Any], crds: dict[SchemaKey, dict[str, Any]]) 
         return kafka_sink_problems(doc)  # no CRD schema for KafkaSink in the schemas folder
     if group == "kafka.strimzi.io":
         return check_strimzi(doc)  # Strimzi's CRDs are not vendored: structural rules instead
-    if group.endswith(".knative.dev"):
+    if group.endswith(".knative.dev") or group == "keda.sh":
         return [f"no CRD schema for {api} {doc.get('kind')}"]
     return _core_problems(doc)
 
@@ -144,6 +157,10 @@ def rule_problems(doc: dict[str, Any]) -> list[str]:
         except SourceError as e:
             found.append(str(e))
         return found
+    if doc.get("kind") == "Deployment" and doc.get("apiVersion") == "apps/v1":
+        return check_deployment(doc)
+    if doc.get("kind") == "ScaledObject" and str(doc.get("apiVersion")).startswith("keda.sh/"):
+        return check_scaled_object(doc)
     return []
 
 
@@ -157,8 +174,8 @@ def check_documents(docs: list[dict[str, Any]], crds: dict[SchemaKey, dict[str, 
 
 
 def missing_topics(docs: list[dict[str, Any]], strimzi_docs: list[dict[str, Any]]) -> list[str]:
-    """Topics read or written by ``docs`` (KafkaSources, KafkaSinks, the settings) that have no
-    KafkaTopic in ``strimzi_docs``."""
+    """Topics read or written by ``docs`` (KafkaSources, KafkaSinks, ScaledObjects' Kafka
+    triggers, the settings) that have no KafkaTopic in ``strimzi_docs``."""
     topics = {
         (d.get("spec") or {}).get("topicName") or d["metadata"]["name"]
         for d in strimzi_docs
@@ -172,6 +189,11 @@ def missing_topics(docs: list[dict[str, Any]], strimzi_docs: list[dict[str, Any]
                 wanted.setdefault(t, name_of(doc))
         elif doc.get("kind") == "KafkaSink" and spec.get("topic"):
             wanted.setdefault(spec["topic"], name_of(doc))
+        elif doc.get("kind") == "ScaledObject":
+            for trigger in spec.get("triggers") or []:
+                topic = (trigger.get("metadata") or {}).get("topic")
+                if trigger.get("type") == "kafka" and topic:
+                    wanted.setdefault(topic, name_of(doc))
         elif doc.get("kind") == "ConfigMap":
             for k, v in (doc.get("data") or {}).items():
                 if k.startswith("KML_") and k.endswith("_TOPIC"):

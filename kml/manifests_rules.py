@@ -122,6 +122,57 @@ def check_knative_service(doc: dict[str, Any]) -> list[str]:
     return found
 
 
+FUNCTION_DEPLOYMENTS = {"kml-infer"}
+"""``app.kubernetes.io/name`` of the Deployments that run a function (stream-mode inference);
+other Deployments (an in-cluster MinIO) keep their own probes."""
+
+
+def check_deployment(doc: dict[str, Any]) -> list[str]:
+    """A function's Deployment: probes on the health paths, resources, no inline secrets."""
+    labels = (doc.get("metadata") or {}).get("labels") or {}
+    if labels.get("app.kubernetes.io/name") not in FUNCTION_DEPLOYMENTS:
+        return []
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    found: list[str] = []
+    for i, c in enumerate(spec.get("containers") or []):
+        found += check_container(c, f"spec.template.spec.containers[{i}]")
+    return found
+
+
+KAFKA_TRIGGER_FIELDS = ("bootstrapServers", "consumerGroup", "topic", "lagThreshold")
+
+
+def check_scaled_object(doc: dict[str, Any]) -> list[str]:
+    """A KEDA ScaledObject: a replica range that can reach zero only from below, and Kafka
+    triggers naming servers, group, topic and a positive lag threshold."""
+    spec = doc.get("spec") or {}
+    found: list[str] = []
+    lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    if not isinstance(lo, int) or not isinstance(hi, int) or not 0 <= lo <= hi or hi < 1:
+        found.append(
+            f"spec.minReplicaCount {lo!r} / maxReplicaCount {hi!r}: need 0 <= min <= max, max >= 1"
+        )
+    for i, trigger in enumerate(spec.get("triggers") or []):
+        if trigger.get("type") != "kafka":
+            continue
+        meta = trigger.get("metadata") or {}
+        for name in KAFKA_TRIGGER_FIELDS:
+            if not meta.get(name):
+                found.append(f"spec.triggers[{i}].metadata.{name} must be set")
+        for name, least in (("lagThreshold", 1), ("activationLagThreshold", 0)):
+            value = meta.get(name)
+            count = None if value is None else _int(value)
+            if value is not None and (count is None or count < least):
+                found.append(
+                    f"spec.triggers[{i}].metadata.{name}={value!r} must be an integer >= {least}"
+                )
+        if meta.get("offsetResetPolicy", "latest") not in ("earliest", "latest"):
+            found.append(
+                f"spec.triggers[{i}].metadata.offsetResetPolicy must be earliest or latest"
+            )
+    return found
+
+
 def check_kafka_source(doc: dict[str, Any]) -> list[str]:
     spec = doc.get("spec") or {}
     found: list[str] = []
@@ -202,8 +253,8 @@ def _index(docs: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
 
 
 def check_references(docs: list[dict[str, Any]]) -> list[str]:
-    """Sinks name a Service / KafkaSink / JobSink of the build; env sources exist; Strimzi
-    resources name a Kafka of the build."""
+    """Sinks name a Service / KafkaSink / JobSink of the build; a ScaledObject's target is in
+    the build; env sources exist; Strimzi resources name a Kafka of the build."""
     have = _index(docs)
     found: list[str] = []
     for d in docs:
@@ -229,6 +280,15 @@ def check_references(docs: list[dict[str, Any]]) -> list[str]:
                         f"{who}: {field} names {key[1]} {key[2]}/{key[3]}, which is not "
                         "in the build"
                     )
+        target = spec.get("scaleTargetRef") if d.get("kind") == "ScaledObject" else None
+        if target:
+            group = str(target.get("apiVersion", "apps/v1")).rpartition("/")[0]
+            kind = target.get("kind", "Deployment")
+            if (group, kind, ns, target.get("name", "")) not in have:
+                found.append(
+                    f"{who}: spec.scaleTargetRef names {kind} {ns}/{target.get('name')}, which is "
+                    "not in the build"
+                )
         for ref_kind, name in _env_refs(d):
             if ("", ref_kind, ns, name) not in have:
                 found.append(

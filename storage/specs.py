@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from kafkaml.manifests import SERVICE_PREFIX, Scaling
+from kafkaml.manifests import EVENT, MODES, SERVICE_PREFIX, Scaling
 from kafkaml.wire import FORMATS, TOPIC_RE
 from storage.records import Record, int_problem, is_int, name_problem, refs_problems
 
@@ -168,6 +168,9 @@ class InferenceSpec(Record):
     min_scale: int = _SCALING.min_scale
     max_scale: int = _SCALING.max_scale
     target_concurrency: int = _SCALING.target_concurrency
+    mode: str = EVENT
+    """One of ``kafkaml.manifests.MODES``: ``event`` (a Knative Service fed by a KafkaSource)
+    or ``stream`` (batched consumers in a Deployment that KEDA scales on lag)."""
     image: str | None = None
     """The container image of the rendered Service; the settings' infer image when None."""
     created: str | None = None
@@ -175,8 +178,10 @@ class InferenceSpec(Record):
 
     @classmethod
     def stored_fields(cls) -> tuple[str, ...]:
-        """The keys every stored spec holds (``id`` is the registry's when not chosen)."""
-        return tuple(f for f in cls.input_fields() if f not in cls.OMITTED_WHEN_NONE)
+        """The keys every stored spec holds (``id`` is the registry's when not chosen; a spec
+        without ``mode`` was stored before there were modes: it is event mode)."""
+        optional = cls.OMITTED_WHEN_NONE | {"mode"}
+        return tuple(f for f in cls.input_fields() if f not in optional)
 
     @classmethod
     def problems(cls, data: Mapping[str, Any]) -> list[str]:
@@ -216,6 +221,9 @@ class InferenceSpec(Record):
         target = data.get("target_concurrency", _SCALING.target_concurrency)
         if p := int_problem("target_concurrency", target, *cls.LIMITS["target_concurrency"]):
             problems.append(p)
+        mode = data.get("mode")
+        if mode is not None and mode not in MODES:
+            problems.append(f"mode: {mode!r} must be one of {', '.join(MODES)}")
         image = data.get("image")
         if image is not None and (not isinstance(image, str) or not IMAGE_RE.match(image)):
             problems.append(f"image: {image!r} is not a container image reference")

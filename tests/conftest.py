@@ -8,7 +8,13 @@ import pytest
 
 from kafkaml.settings import Settings
 from kml.dev.stack import Stack, infrastructure, isolated_settings
-from kml.manifests_check import SCHEMAS_SETTING, crd_schema_dir, load_crd_schemas
+from kml.manifests_check import (
+    KEDA_SCHEMAS_SETTING,
+    SCHEMAS_SETTING,
+    crd_schema_dir,
+    keda_schema_dir,
+    load_crd_schemas,
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,16 +37,23 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def crds():
-    """Knative's CRD schemas (Service, KafkaSource, KafkaSink, JobSink, PingSource).
+    """Knative's CRD schemas (Service, KafkaSource, KafkaSink, JobSink, PingSource) and KEDA's
+    (ScaledObject, TriggerAuthentication).
 
     They are upstream's files and stay outside the repository; without them the tests that
     validate against them are skipped, saying which setting points at them.
     """
-    directory = crd_schema_dir()
-    schemas = load_crd_schemas(directory) if directory.is_dir() else {}
-    if not schemas:
-        pytest.skip(
-            f"no Knative CRD schemas in {directory}: set {SCHEMAS_SETTING} to the folder of "
-            "Knative's CRD YAML files (default ../shared/schemas/knative beside the checkout)"
-        )
+    schemas = {}
+    for what, directory, setting, default in (
+        ("Knative", crd_schema_dir(), SCHEMAS_SETTING, "knative"),
+        ("KEDA", keda_schema_dir(), KEDA_SCHEMAS_SETTING, "keda"),
+    ):
+        found = load_crd_schemas(directory) if directory.is_dir() else {}
+        if not found:
+            pytest.skip(
+                f"no {what} CRD schemas in {directory}: set {setting} to the folder of "
+                f"{what}'s CRD YAML files (default ../shared/schemas/{default} beside the "
+                "checkout)"
+            )
+        schemas.update(found)
     return schemas

@@ -25,9 +25,9 @@ from functions.infer.kafka_path import InputRecord, dead_letter
 from functions.infer.metrics import InferMetrics
 from functions.infer.serving import InferenceService, Loader, load_from_storage
 from functions.infer.stream_batch import (
-    coordinates,
     decode_batch,
     event_headers,
+    output_key,
     predict_groups,
 )
 from functions.infer.stream_probes import StreamMetrics, serve_probes
@@ -53,13 +53,36 @@ class _BatchSink:
         self._produce(topic, value, key, headers)
 
 
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """The consumer of one stream process: a member of the deployment's group (the group the
+    KafkaSource of event mode uses, and the one KEDA watches), committing only by hand."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": service_name(settings.inference_id),
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",  # as the event path's KafkaSource
+        "partition.assignment.strategy": "cooperative-sticky",
+        # A replica that dies without leaving (OOM-killed, node lost) holds its partitions
+        # until its session ends: keep that short, so a replacement resumes within seconds.
+        "session.timeout.ms": 10_000,
+        "heartbeat.interval.ms": 2_000,
+    }
+
+
 class StreamWorker:
     """Poll, predict, produce, confirm, commit; repeat until ``stop`` is set."""
 
-    def __init__(self, settings: Settings, service: InferenceService) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        service: InferenceService,
+        consumer_factory: Callable[[dict[str, Any]], Any] = Consumer,
+        producer_factory: Callable[[dict[str, Any]], Any] = Producer,
+    ) -> None:
         self.settings, self.service = settings, service
+        self._consumer_factory, self._producer_factory = consumer_factory, producer_factory
         self.metrics = StreamMetrics(service.metrics)
-        self.group = service_name(settings.inference_id)
         self._consumer: Any = None
         self._producer: Any = None
         self._failed: list[KafkaError] = []
@@ -76,7 +99,7 @@ class StreamWorker:
     def connect(self) -> None:
         """Join the consumer group on the spec's input topic (the model is loaded by now)."""
         spec, s = self.service.spec, self.settings
-        self._producer = Producer(
+        self._producer = self._producer_factory(
             {
                 "bootstrap.servers": s.kafka_bootstrap,
                 "enable.idempotence": True,
@@ -89,16 +112,7 @@ class StreamWorker:
                 "on_delivery": lambda err, msg: self._failed.append(err),
             }
         )
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": s.kafka_bootstrap,
-                "group.id": self.group,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",  # as the event path's KafkaSource
-                "partition.assignment.strategy": "cooperative-sticky",
-            }
-        )
+        self._consumer = self._consumer_factory(consumer_config(s))
         self._topic = spec["input_topic"]
         self._consumer.subscribe(
             [self._topic],
@@ -109,7 +123,7 @@ class StreamWorker:
         self._streaming = True
         log.info(
             "stream consumer started",
-            extra={"fields": self._fields(topic=spec["input_topic"], group=self.group)},
+            extra={"fields": self._fields(topic=self._topic, group=service_name(s.inference_id))},
         )
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -218,7 +232,7 @@ class StreamWorker:
             raw = m.headers()
             headers = [*event_headers(raw)] if raw else []
             headers += (topic_header, where, ("kml-input-offset", b"%d" % offset))
-            key = m.key() or coordinates(topic, partition, offset)
+            key = output_key(m.key(), topic, partition, offset)
             try:
                 produce(out_topic, value, key, headers=headers)
             except (BufferError, KafkaException):

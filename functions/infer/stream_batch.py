@@ -42,9 +42,9 @@ def event_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> Headers
     return tuple(sorted(found.items()))
 
 
-def coordinates(topic: str, partition: int, offset: int) -> bytes:
-    """``<topic>:<partition>:<offset>``: the key of an output whose input had none."""
-    return f"{topic}:{partition}:{offset}".encode()
+def output_key(key: bytes | None, topic: str, partition: int, offset: int) -> bytes:
+    """The input's key bytes as produced, or ``<topic>:<partition>:<offset>`` without one."""
+    return key or f"{topic}:{partition}:{offset}".encode()
 
 
 def output_values(outputs: Outputs) -> list[bytes]:

@@ -34,7 +34,8 @@ def deploy_inference(
     local: bool = typer.Option(
         False,
         "--local",
-        help="Serve it as a local process instead, wired to the local stack's KafkaSource bridge.",
+        help="Serve it as a local process instead, wired to the local stack's KafkaSource bridge "
+        "(stream mode: its consumer loop, which reads Kafka itself).",
     ),
     state_dir: str | None = StateDir,
 ) -> None:
@@ -42,9 +43,15 @@ def deploy_inference(
     with friendly_errors():
         settings = load_settings(state_dir)
         if local:
-            from kml.dev.inference import start_local_inference
+            from kml.dev.inference import is_stream, start_local_inference
 
             url, pid = start_local_inference(settings, inference_id)
+            if is_stream(settings, inference_id):
+                console.print(
+                    f"inference {inference_id} streaming (pid {pid}): it reads its input topic "
+                    f"in batches; metrics at {url}/metrics"
+                )
+                return
             console.print(
                 f"inference {inference_id} serving at {url} (pid {pid}); "
                 f"kml predict {inference_id} --instances '[...]' calls it"

@@ -19,7 +19,7 @@ import typer
 from rich.table import Table
 
 from kafkaml.errors import BadRequest, ValidationFailed
-from kafkaml.manifests import Scaling
+from kafkaml.manifests import MODES, Scaling
 from kafkaml.wire import FORMATS
 from kml.client import RegisterClient
 from kml.commands.common import console, err_console, friendly_errors, load_settings
@@ -307,9 +307,16 @@ def inference_create(
         help=f"Requests in flight per replica (default {SCALING.target_concurrency}).",
     ),
     image: str | None = typer.Option(None, "--image"),
+    mode: str | None = typer.Option(
+        None,
+        "--mode",
+        help=f"{' or '.join(MODES)}: a Knative Service fed one record per request (default), "
+        "or batched consumers in a Deployment scaled on consumer lag by KEDA.",
+    ),
     show_yaml: bool = typer.Option(False, "--yaml", help="Print the rendered manifests."),
 ) -> None:
-    """Store an inference spec and render its Knative Service + KafkaSource."""
+    """Store an inference spec and render its manifests (Knative Service + KafkaSource, or in
+    stream mode a Deployment + KEDA ScaledObject)."""
     with _talking():
         record = _client().create_inference(
             id=inference_id,
@@ -323,6 +330,7 @@ def inference_create(
             max_scale=max_scale,
             target_concurrency=target_concurrency,
             image=image,
+            mode=mode,
         )
         if show_yaml:
             print(record["manifests"], end="")

@@ -3,12 +3,15 @@
 ``start_local_inference`` starts (or finds) the process under ``<state_dir>/infer-<id>/``, waits
 until its model is loaded, then tells the local KafkaSource bridge about it: the deployment's
 KafkaSource goes to ``<state_dir>/sources/infer-<id>.yaml`` and the service's URL to
-``<state_dir>/services/<service>.json`` as ``{"url": ...}``.
+``<state_dir>/services/<service>.json`` as ``{"url": ...}``. A stream-mode deployment runs its
+batched consumer loop (``python -m functions.infer.stream``) instead, which reads Kafka itself:
+no bridge; its URL serves the probes and ``/metrics``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from kafkaml.settings import Settings
@@ -22,6 +25,20 @@ THREADS = 16
 def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
     """The command serving the infer function (one inference deployment per process)."""
     return procs.gunicorn_argv("infer", port, threads=threads, workers=workers)
+
+
+def stream_argv() -> list[str]:
+    """The command of a stream-mode deployment's consumer loop, its probes on loopback."""
+    return [sys.executable, "-m", "functions.infer.stream", "--host", "127.0.0.1"]
+
+
+def is_stream(settings: Settings, inference_id: str) -> bool:
+    """Whether the stored spec asks for stream mode."""
+    from kafkaml.manifests import EVENT, STREAM
+    from storage.registry import Registry
+
+    spec = Registry.from_settings(settings).get_inference(inference_id)
+    return spec.get("mode", EVENT) == STREAM
 
 
 def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:
@@ -40,15 +57,17 @@ def start_local_inference(
     home = home_of(settings, inference_id)
     proc = Proc("infer", home)
     url_file = home / "url"
+    stream = is_stream(settings, inference_id)
     if proc.pid() is not None and url_file.is_file():
         url = url_file.read_text().strip()  # already running (maybe still loading): reuse it
     else:
         proc.stop()
         port = _free_port_from(settings.infer_port)
         url = f"http://127.0.0.1:{port}"
+        env = infer_env(settings.replace(infer_stream_port=port), inference_id)
         proc.start(
-            gunicorn_argv(port),
-            env=infer_env(settings, inference_id),
+            stream_argv() if stream else gunicorn_argv(port),
+            env=env,
             cwd=Path(__file__).resolve().parents[2],
         )
         url_file.write_text(url)
@@ -62,7 +81,8 @@ def start_local_inference(
         proc.stop()  # never leave a process behind that did not come up
         raise
     pid = proc.pid()
-    register_with_bridge(settings, inference_id, url)
+    if not stream:
+        register_with_bridge(settings, inference_id, url)
     assert pid is not None
     return url, pid
 
