@@ -105,8 +105,9 @@ def _nothing() -> None:
 def unknown_event_type(function: str, event_type: str, accepted: Iterable[str]) -> InvalidEvent:
     """The one error for a CloudEvent type a function does not take (400, never retried)."""
     names = list(accepted)
+    takes = f"{', '.join(names)} events" if names else "no CloudEvents"
     return InvalidEvent(
-        f"the {function} function takes {', '.join(names)} events, not {event_type!r}",
+        f"the {function} function takes {takes}, not {event_type!r}",
         ce_type=event_type,
         accepted=names,
     )
@@ -182,8 +183,9 @@ def _reason(e: Exception) -> str:
 
 def function_app(settings: Settings | None, build: Callable[[Settings], Function]) -> Flask:
     """The Flask app of one function: settings read once (from ``KML_*`` unless given), JSON
-    logs, the health probes, JSON errors, ``POST /`` dispatched on the CloudEvent type, and the
-    function's blueprints. The :class:`Function` is ``app.extensions["kml.function"]``."""
+    logs, the health probes, JSON errors, ``POST /`` dispatched on the CloudEvent type (when the
+    function takes any), and the function's blueprints. The :class:`Function` is
+    ``app.extensions["kml.function"]``."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
     function = build(settings)
@@ -191,10 +193,12 @@ def function_app(settings: Settings | None, build: Callable[[Settings], Function
     app.extensions["kml.function"] = function
     install_common(app, settings, function)
 
-    @app.post("/")
-    def _receive() -> Response:
-        event = received_event(settings)
-        return function.handler(event.type)(event)
+    if function.events:
+
+        @app.post("/")
+        def _receive() -> Response:
+            event = received_event(settings)
+            return function.handler(event.type)(event)
 
     for blueprint in function.blueprints:
         app.register_blueprint(blueprint)
