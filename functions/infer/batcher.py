@@ -66,6 +66,7 @@ class MicroBatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._dead = False
 
     def predict(self, x: np.ndarray, timeout_s: float = 60.0) -> Outputs:
         """The model's outputs for the rows of ``x``, computed in a batch with other callers."""
@@ -73,6 +74,8 @@ class MicroBatcher:
             raise ValueError("nothing to predict: zero rows")
         item = _Item(x)
         with self._lock:
+            if self._dead:
+                raise Unavailable("the micro-batcher stopped")
             if self._stopped:
                 raise Unavailable("the model is shutting down")
             self._in_flight += 1
@@ -89,7 +92,7 @@ class MicroBatcher:
     @property
     def alive(self) -> bool:
         """False once the worker thread has died: readiness must turn red, not hang requests."""
-        return self._thread is None or self._thread.is_alive() or self._stopped
+        return not self._dead
 
     def close(self) -> None:
         with self._lock:
@@ -116,10 +119,23 @@ class MicroBatcher:
                 self._dispatch(items)
             except Exception as e:  # never let one bad batch kill the thread every caller needs
                 log.exception("micro-batch failed", extra={"fields": {"requests": len(items)}})
-                err = PredictionFailed(f"batching failed: {type(e).__name__}")
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(err)
+                _fail(items, PredictionFailed(f"batching failed: {type(e).__name__}"))
+            except BaseException:  # the thread is going down: nobody may wait for it in vain
+                with self._lock:
+                    self._stopped = self._dead = True
+                log.critical("micro-batcher stopped", extra={"fields": {"requests": len(items)}})
+                _fail(items, Unavailable("the micro-batcher stopped"))
+                self._drain()
+                raise
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                _fail([item], Unavailable("the micro-batcher stopped"))
 
     def _collect(self, first: _Item) -> list[_Item]:
         items, rows = [first], first.rows
@@ -173,6 +189,12 @@ class MicroBatcher:
             item.future.set_result([out[start:end] for out in outputs])
             start = end
         self._on_batch(int(x.shape[0]))
+
+
+def _fail(items: list[_Item], error: Exception) -> None:
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
 
 
 def _compatible(a: np.ndarray, b: np.ndarray) -> bool:

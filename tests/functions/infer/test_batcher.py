@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from functions.infer.batcher import MicroBatcher, PredictionFailed, split_rows
+from kafkaml.errors import Unavailable
 from tests.functions.infer.fakes import LinearModel
 
 
@@ -123,7 +124,7 @@ def test_a_worker_thread_that_dies_anyway_is_reported_so_readiness_turns_red():
         raise SystemExit  # not an Exception: nothing in the worker may swallow it
 
     batcher = MicroBatcher(exits)
-    with pytest.raises(Exception):  # noqa: B017 - the caller times out or sees the failure
+    with pytest.raises(Unavailable, match="micro-batcher stopped"):
         batcher.predict(_rows(0), timeout_s=0.5)
     batcher._thread.join(timeout=5)
     assert not batcher.alive
