@@ -7,7 +7,13 @@ import sys
 
 from bench.readme_table import update_readme
 
-BENCHMARKS = ["bench.ingest", "bench.infer_kafka", "bench.infer_http", "bench.cold_start"]
+BENCHMARKS = [
+    "bench.ingest",
+    "bench.infer_kafka",
+    "bench.infer_stream",
+    "bench.infer_http",
+    "bench.cold_start",
+]
 
 
 def main(argv: list[str]) -> int:

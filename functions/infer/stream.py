@@ -129,6 +129,7 @@ class StreamWorker:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
         self._assigned |= {p.partition for p in partitions}
+        self.metrics.assigned.set(len(self._assigned))
         log.info(
             "partitions assigned", extra={"fields": self._fields(partitions=_names(partitions))}
         )
@@ -159,6 +160,7 @@ class StreamWorker:
     def _forget(self, gone: set[int]) -> None:
         self._rebalanced = True
         self._assigned -= gone
+        self.metrics.assigned.set(len(self._assigned))
         for partition in gone:
             self._done.pop(partition, None)
 

@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from functions.infer.metrics import InferMetrics
 from kafkaml.errors import Unavailable
@@ -22,7 +22,7 @@ _SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 
 class StreamMetrics:
-    """Records by outcome, records per batch, seconds per batch, retried batches."""
+    """Records by outcome, records per batch, seconds per batch, retried batches, partitions."""
 
     def __init__(self, metrics: InferMetrics) -> None:
         self.base = metrics
@@ -43,6 +43,11 @@ class StreamMetrics:
             "kml_infer_stream_batch_seconds",
             "Seconds from a poll's return to its batch's acknowledged outputs.",
             buckets=_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        self.assigned = Gauge(
+            "kml_infer_stream_assigned_partitions",
+            "Input partitions this consumer holds now.",
             registry=registry,
         )
         self.retries = Counter(

@@ -1,0 +1,399 @@
+"""Stream-mode inference: records/s against the batched consume + produce floor and event mode.
+
+All in one run, on one broker, the digits MLP (LiteRT), RAW float32 8x8 records:
+
+- floor: one process polling ``--batch`` records, producing each record's value and key to an
+  output topic, confirming the batch (flush) and committing, without a model (``floor``), and
+  the same with the three coordinate headers every stream output carries (``floor+headers``);
+- stream mode: ``python -m functions.infer.stream`` processes in one consumer group (1, 2, 4:
+  ``--replicas``), each as a Deployment's pod runs it;
+- event mode: the local KafkaSource bridge (unordered) + the infer function under gunicorn;
+- stream mode at half its measured rate for ``--seconds``: end-to-end latency.
+
+Throughput: the consumers are started and hold their partitions first, then ``--records``
+records are published as fast as possible (the publish time is shown: it is not the limit);
+records/s = records / (last output CreateTime - publish start). Duplicates = outputs - inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from bench.common import Result, bench_stack, console, percentile
+from bench.infer_common import (
+    ROOT,
+    DigitsModel,
+    Follower,
+    cpu_seconds,
+    deploy,
+    digits_model,
+    phase,
+    publish,
+    rate_producer,
+    serve,
+    start_bridge,
+)
+from kafkaml.kafka import end_offsets, ensure_topic
+from kafkaml.settings import Settings
+from kml.dev.inference import infer_env, stream_argv
+from kml.dev.procs import Proc, free_port, readiness_status
+from storage.registry import Registry
+
+FLOOR, FLOOR_HEADERS, STREAM, EVENT = (
+    "floor: batched consume + produce, no model",
+    "floor + the 3 coordinate headers",
+    "stream mode",
+    "event mode: bridge + infer",
+)
+
+
+@dataclass
+class Burst:
+    records: int
+    publish_s: float
+    span_s: float
+    outputs: int
+    cpu_s: float
+
+    def row(self, path: str, replicas: int | str) -> dict:
+        return {
+            "path": path,
+            "replicas": replicas,
+            "records": self.records,
+            "publish s": self.publish_s,
+            "records/s": self.records / self.span_s if self.span_s > 0 else 0.0,
+            "records/s per replica": (
+                self.records / self.span_s / replicas
+                if isinstance(replicas, int) and self.span_s > 0
+                else "-"
+            ),
+            "duplicates": self.outputs - self.records,
+            "consumer CPU us/rec": 1e6 * self.cpu_s / max(self.records, 1),
+        }
+
+
+def burst(
+    bootstrap: str, model: DigitsModel, in_topic: str, out_topic: str, n: int, pgids
+) -> Burst:
+    """Publish ``n`` records as fast as possible; wait until ``n`` outputs; time the span."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 20,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 2_000_000,
+            "queue.buffering.max.kbytes": 2_000_000,
+        }
+    )
+    payloads = [model.payload(i) for i in range(len(model.inputs))]
+    keys = [f"r-{i}".encode() for i in range(n)]
+    cpu = sum(cpu_seconds(p) for p in pgids)
+    started_ms = time.time() * 1000
+    for i in range(n):
+        producer.produce(in_topic, payloads[i % len(payloads)], keys[i])
+    producer.flush(120)
+    publish_s = time.time() - started_ms / 1000
+    deadline = time.monotonic() + 600
+    while sum(end_offsets(bootstrap, out_topic).values()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # let repeats (if any) land before counting
+    cpu = sum(cpu_seconds(p) for p in pgids) - cpu
+    ends = end_offsets(bootstrap, out_topic)
+    last_ms = _last_timestamp(bootstrap, out_topic, ends)
+    return Burst(n, publish_s, (last_ms - started_ms) / 1000, sum(ends.values()), cpu)
+
+
+def _last_timestamp(bootstrap: str, topic: str, ends: dict[int, int]) -> float:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"last-{uuid.uuid4()}"})
+    wanted = {p for p, end in ends.items() if end > 0}
+    consumer.assign([TopicPartition(topic, p, ends[p] - 1) for p in wanted])
+    last, deadline = 0.0, time.monotonic() + 30
+    try:
+        while wanted and time.monotonic() < deadline:
+            for m in consumer.consume(100, timeout=0.5):
+                if m.error() is None and m.offset() == ends[m.partition()] - 1:
+                    last = max(last, m.timestamp()[1])
+                    wanted.discard(m.partition())
+    finally:
+        consumer.close()
+    return last
+
+
+# -- the floor (child process) ------------------------------------------------------------------
+def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, headers: bool) -> None:
+    """(child) The stream loop without decoding, model or JSON: poll, produce, flush, commit."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"floor-{in_topic}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.num.messages": 10_000,
+            "queue.buffering.max.messages": 400_000,
+            "delivery.report.only.error": True,
+        }
+    )
+    assigned = []
+    consumer.subscribe([in_topic], on_assign=lambda c, ps: assigned.append(ps))
+    while not assigned:
+        consumer.poll(0.1)
+    print("ready", flush=True)
+    topic_header = ("kml-input-topic", in_topic.encode())
+    while True:
+        msgs = [m for m in consumer.consume(batch, 0.02) if m.error() is None]
+        if not msgs:
+            continue
+        for m in msgs:
+            if headers:
+                hs = [
+                    topic_header,
+                    ("kml-input-partition", b"%d" % m.partition()),
+                    ("kml-input-offset", b"%d" % m.offset()),
+                ]
+                producer.produce(out_topic, m.value(), m.key(), headers=hs)
+            else:
+                producer.produce(out_topic, m.value(), m.key())
+        producer.flush(30)
+        ends = {m.partition(): m.offset() + 1 for m in msgs}
+        consumer.commit(
+            offsets=[TopicPartition(in_topic, p, o) for p, o in ends.items()], asynchronous=True
+        )
+
+
+def floor(settings: Settings, model: DigitsModel, args, headers: bool) -> dict:
+    unique = uuid.uuid4().hex[:8]
+    in_topic, out_topic = f"bench-floor-in-{unique}", f"bench-floor-out-{unique}"
+    for topic in (in_topic, out_topic):
+        ensure_topic(settings.kafka_bootstrap, topic, args.partitions)
+    proc = Proc("floor", Path(settings.state_dir) / f"floor-{unique}")
+    child = proc.start(
+        [sys.executable, "-m", "bench.infer_stream", "floor", settings.kafka_bootstrap]
+        + [in_topic, out_topic, str(args.batch), "1" if headers else "0"],
+        cwd=ROOT,
+    )
+    try:
+        proc.wait_until(lambda: "ready" in proc.log_file.read_text(), "the floor loop", 60)
+        got = burst(settings.kafka_bootstrap, model, in_topic, out_topic, args.records, [child.pid])
+    finally:
+        proc.stop()
+    return got.row(FLOOR_HEADERS if headers else FLOOR, 1)
+
+
+# -- stream mode --------------------------------------------------------------------------------
+def stream_deployment(settings: Settings, model: DigitsModel, partitions: int):
+    dep = deploy(settings, model, tflite=True, partitions=partitions)
+    registry = Registry.from_settings(settings)
+    fields = {k: v for k, v in dep.spec.items() if k not in ("id", "created", "schema_version")}
+    spec = registry.create_inference({**fields, "id": f"{dep.id}-s", "mode": "stream"})
+    return dep.settings.replace(inference_id=spec["id"]), spec
+
+
+def start_streams(
+    settings: Settings, spec: dict, replicas: int, batch: int, partitions: int
+) -> list[Proc]:
+    """``replicas`` stream processes, returned once all hold their share of the partitions."""
+    procs, urls = [], []
+    home = Path(settings.state_dir) / f"stream-{spec['id']}"
+    for i in range(replicas):
+        port = free_port()
+        proc = Proc(f"stream-{i}", home)
+        env = infer_env(
+            settings.replace(infer_stream_port=port, infer_stream_batch=batch, log_level="WARNING"),
+            spec["id"],
+        )
+        proc.start(stream_argv(), env=env, cwd=ROOT)
+        procs.append(proc)
+        urls.append(f"http://127.0.0.1:{port}")
+    for proc, url in zip(procs, urls, strict=True):
+        proc.wait_until(lambda u=url: readiness_status(u, 1.0) == 200, "stream ready", 300)
+
+    def balanced() -> bool:
+        held = [_assigned(u) for u in urls]
+        return sum(held) == partitions and all(h > 0 for h in held)
+
+    procs[0].wait_until(balanced, "the group to share the partitions", 120)
+    return procs
+
+
+def _assigned(url: str) -> int:
+    try:
+        text = urllib.request.urlopen(f"{url}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("kml_infer_stream_assigned_partitions "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def stream(settings: Settings, model: DigitsModel, args, replicas: int) -> dict:
+    dep_settings, spec = stream_deployment(settings, model, args.partitions)
+    procs = start_streams(dep_settings, spec, replicas, args.batch, args.partitions)
+    try:
+        got = burst(
+            settings.kafka_bootstrap,
+            model,
+            spec["input_topic"],
+            spec["output_topic"],
+            args.records,
+            [p.pid() for p in procs],
+        )
+    finally:
+        for p in procs:
+            p.stop()
+    return got.row(STREAM, replicas)
+
+
+def stream_latency(settings: Settings, model: DigitsModel, args, rate: float) -> dict:
+    dep_settings, spec = stream_deployment(settings, model, args.partitions)
+    (proc,) = start_streams(dep_settings, spec, 1, args.batch, args.partitions)
+    follower = Follower(settings.kafka_bootstrap, spec["output_topic"])
+    producer, inputs = rate_producer(settings.kafka_bootstrap)
+    try:
+        count = int(rate * args.seconds)
+        took = publish(producer, inputs, spec["input_topic"], model, "lat-", count, rate)
+        follower.wait_for("lat-", count, timeout_s=max(60.0, 3 * took))
+        ph = phase(inputs, follower.stamps, "lat-")
+    finally:
+        follower.close()
+        proc.stop()
+    return {
+        "path": f"{STREAM} at half its rate",
+        "offered/s": round(rate),
+        "done": ph.done,
+        "records/s": ph.records_per_s,
+        "p50 ms": percentile(ph.latencies_ms, 50),
+        "p99 ms": percentile(ph.latencies_ms, 99),
+    }
+
+
+# -- event mode ---------------------------------------------------------------------------------
+def event_mode(settings: Settings, model: DigitsModel, count: int) -> dict:
+    dep = deploy(settings, model, tflite=True)
+    served = serve(dep)
+    bridge = None
+    follower = Follower(settings.kafka_bootstrap, dep.spec["output_topic"])
+    producer, inputs = rate_producer(settings.kafka_bootstrap)
+    try:
+        bridge = start_bridge(dep, served, ordering="unordered")
+        cpu = cpu_seconds(served.proc.pid()) + cpu_seconds(bridge.pid())
+        publish(producer, inputs, dep.spec["input_topic"], model, "ev-", count)
+        follower.wait_for("ev-", count, timeout_s=600)
+        cpu = cpu_seconds(served.proc.pid()) + cpu_seconds(bridge.pid()) - cpu
+        ph = phase(inputs, follower.stamps, "ev-")
+    finally:
+        follower.close()
+        if bridge is not None:
+            bridge.stop()
+        served.stop()
+    return {
+        "path": EVENT,
+        "replicas": 1,
+        "records": count,
+        "publish s": "-",
+        "records/s": ph.records_per_s,
+        "records/s per replica": ph.records_per_s,
+        "duplicates": ph.done - count,
+        "consumer CPU us/rec": 1e6 * cpu / max(count, 1),
+    }
+
+
+# -- the run ------------------------------------------------------------------------------------
+def run(settings: Settings, args: argparse.Namespace) -> Result:
+    started = time.monotonic()
+    model = digits_model(settings)
+    result = Result("infer_stream", "Stream-mode inference: digits MLP, RAW float32 8x8")
+    base = floor(settings, model, args, headers=False)
+    console.print(base)
+    with_headers = floor(settings, model, args, headers=True)
+    console.print(with_headers)
+    by_replicas = {}
+    for replicas in args.replicas:
+        by_replicas[replicas] = stream(settings, model, args, replicas)
+        console.print(by_replicas[replicas])
+    event = event_mode(settings, model, args.event_records)
+    console.print(event)
+    result.rows += [base, with_headers, *by_replicas.values(), event]
+    one = by_replicas.get(1)
+    if one and one["records/s"]:
+        latency = stream_latency(settings, model, args, one["records/s"] / 2)
+        console.print(latency)
+        result.notes.append(
+            f"latency at half the 1-replica rate ({latency['offered/s']:,} records/s offered, "
+            f"{latency['done']:,} done): p50 {latency['p50 ms']:.0f} ms, p99 "
+            f"{latency['p99 ms']:.0f} ms (output minus input CreateTime; target p99 <= 50 ms)"
+        )
+        result.ratios["stream (1 replica) / floor, records/s"] = (
+            one["records/s"] / base["records/s"]
+        )
+        result.targets["stream (1 replica) / floor, records/s"] = ">= 0.5x"
+        result.ratios["stream (1 replica) / event mode, records/s"] = (
+            one["records/s"] / event["records/s"]
+        )
+        result.ratios["stream (1 replica) / 100,000 records/s target"] = one["records/s"] / 100_000
+        result.targets["stream (1 replica) / 100,000 records/s target"] = ">= 1x"
+        for replicas, row in by_replicas.items():
+            if replicas != 1:
+                result.ratios[f"stream {replicas} replicas / 1 replica, records/s"] = (
+                    row["records/s"] / one["records/s"]
+                )
+        result.notes.append(
+            "where the time goes (consumer CPU per record): floor "
+            f"{base['consumer CPU us/rec']:.1f} us, floor with the coordinate headers "
+            f"{with_headers['consumer CPU us/rec']:.1f} us, stream mode "
+            f"{one['consumer CPU us/rec']:.1f} us. Beyond the headers, stream mode decodes "
+            "(one frombuffer per batch), predicts (LiteRT, buckets of 1024 rows) and writes each "
+            "output as the event path does: json.dumps of Python floats, 10 per record, the "
+            "largest share. CPU counts librdkafka's threads too."
+        )
+    result.notes.append(
+        f"{args.records:,} records per burst over {args.partitions} partitions, polls of "
+        f"{args.batch:,}; the consumers hold their partitions before the burst is published. "
+        "Replicas are processes on this machine: the broker, MinIO and the publisher share "
+        f"its {os.cpu_count()} cores with them, so more replicas than cores "
+        "cannot add throughput here. Duplicates = outputs - inputs (0 without failures)."
+    )
+    console.print(f"infer_stream took {time.monotonic() - started:.0f}s")
+    return result
+
+
+def main(argv: list[str] | None = None) -> Result | None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["floor"]:
+        bootstrap, in_topic, out_topic, batch, headers = argv[1:6]
+        floor_loop(bootstrap, in_topic, out_topic, int(batch), headers == "1")
+        return None
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=10_000, help="records per poll")
+    parser.add_argument("--replicas", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--event-records", type=int, default=3_000)
+    parser.add_argument("--seconds", type=float, default=5.0, help="of the latency phase")
+    args = parser.parse_args(argv)
+    with bench_stack() as settings:
+        result = run(settings, args)
+    result.show()
+    result.save()
+    return result
+
+
+if __name__ == "__main__":
+    main()
