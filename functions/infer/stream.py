@@ -216,7 +216,8 @@ class StreamWorker:
         returns how many records were dead-lettered. Raises a retryable error otherwise."""
         service, spec = self.service, self.service.spec
         model = service.loaded.model
-        decoded = decode_batch(service.codec, model, [m.value() for m in msgs])
+        # A record without a value reaches the event path as an empty body: decode it as one.
+        decoded = decode_batch(service.codec, model, [m.value() or b"" for m in msgs])
         values = predict_groups(model, decoded)
         service.metrics.observe_batch(len(values))
         self._failed.clear()

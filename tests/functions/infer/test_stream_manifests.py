@@ -144,3 +144,37 @@ def test_register_accepts_event_and_stream_mode_and_names_a_wrong_one():
         ).mode
         == "event"
     )
+
+
+def test_register_stores_a_stream_spec_and_its_stream_manifests():
+    from functions.register import handlers
+    from kafkaml import events
+    from kafkaml.errors import ValidationFailed
+    from kafkaml.events import new_event
+    from storage.registry import Registry
+    from tests.fakes import MemoryStore
+
+    registry = Registry(MemoryStore("unit"))
+    registry.put_datasource(
+        "ds", {"control_message": {"input_format": "RAW", "input_config": {"data_type": "float32"}}}
+    )
+    _, etag = registry.get_run(registry.claim_run("run-1", {"datasource_id": "ds"})[0]["run_id"])
+    _, etag = registry.update_run("run-1", etag, status="running")
+    key = registry.run_artifact_key("run-1", "m", "model.tflite")
+    registry.store.put(key, b"tflite")
+    registry.update_run(
+        "run-1", etag, status="succeeded", models={"m": {"artifacts": {"model.tflite": key}}}
+    )
+    body = {"id": "s1", "run_id": "run-1", "input_topic": "in", "output_topic": "out"}
+
+    def create(data):
+        event = new_event(events.INFERENCE_CREATE, "/tests/stream", data)
+        return handlers.handle_event(registry, SETTINGS, event)[0].data
+
+    record = create({**body, "mode": "stream"})
+    assert registry.get_inference("s1")["mode"] == record["mode"] == "stream"
+    kinds = [d["kind"] for d in yaml.safe_load_all(registry.get_inference_manifests("s1"))]
+    assert kinds == ["Deployment", "ScaledObject"]
+    with pytest.raises(ValidationFailed) as bad:
+        create({**body, "id": "s2", "mode": "batch"})
+    assert bad.value.problems == ["mode: 'batch' must be one of event, stream"]
