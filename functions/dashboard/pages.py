@@ -14,7 +14,7 @@ from flask import Blueprint, Response, redirect, render_template, request
 
 from functions.dashboard.forms import FormErrors
 from functions.dashboard.parts import TERMINAL, Parts, layers_of, newest_first
-from kafkaml.errors import KmlError
+from kafkaml.errors import KmlError, NotFound
 
 NO_ERRORS = FormErrors()
 
@@ -68,8 +68,16 @@ def inference_page(parts: Parts, form=None, errors=NO_ERRORS, status=200):
     return _page("inference.html", status, specs=specs, runs=runs, form=wanted, errors=errors)
 
 
+def stored_datasource(parts: Parts, datasource_id: str) -> dict[str, Any]:
+    """One datasource of register's list (the read API lists them; it has no route for one)."""
+    for datasource in parts.register.get("datasources"):
+        if datasource.get("id") == datasource_id:
+            return datasource
+    raise NotFound(f"no datasource {datasource_id!r}", datasource_id=datasource_id)
+
+
 def datasource_page(parts: Parts, datasource_id: str, form=None, errors=NO_ERRORS, status=200):
-    datasource = parts.register.get("datasources", datasource_id)
+    datasource = stored_datasource(parts, datasource_id)
     deployments = newest_first(parts.register.get("deployments"))
     runs = [r for r in parts.register.get("runs") if r.get("datasource_id") == datasource_id]
     return _page(

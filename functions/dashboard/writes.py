@@ -75,7 +75,7 @@ def write_routes(parts: Parts) -> Blueprint:
     @writes.post("/datasources/<datasource_id>/reuse")
     def reuse(datasource_id: str):
         """Train ``deployment_id`` on a stored stream: its control message, keyed anew."""
-        stored = api.get("datasources", datasource_id)
+        stored = pages.stored_datasource(parts, datasource_id)
         deployment = (request.form.get("deployment_id") or "").strip()
         try:
             run_id = republish(parts, stored.get("control_message") or {}, deployment)

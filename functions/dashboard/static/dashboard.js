@@ -14,7 +14,7 @@
     tick();
   }
 
-  function width(el) { return Math.max(280, Math.min(el.clientWidth || 600, 900)); }
+  function width(node) { return Math.max(280, Math.min(node.clientWidth || 600, 1100)); }
 
   function el(tag, attrs, text) {
     var node = document.createElement(tag);
@@ -52,7 +52,7 @@
         box.appendChild(details);
         root.appendChild(box);
         var plot = new uPlot({
-          width: width(root), height: 220,
+          width: width(box), height: 220,
           scales: { x: { time: false, range: function (u, lo, hi) { return [1, Math.max(state.epochs || 0, hi || 0, 2)]; } } },
           axes: [{ label: "epoch" }, { label: base, size: 60 }],
           series: [
@@ -110,7 +110,10 @@
     }
 
     window.addEventListener("resize", function () {
-      Object.keys(charts).forEach(function (k) { charts[k].plot.setSize({ width: width(root), height: 220 }); });
+      Object.keys(charts).forEach(function (k) {
+        var c = charts[k];
+        c.plot.setSize({ width: width(c.box), height: 220 });
+      });
     });
     poll(root.dataset.live, 700, update);
   }
@@ -128,7 +131,7 @@
         ys = data.counts;
         opts = {
           width: width(root), height: 240,
-          scales: { x: { time: false, range: [-0.5, xs.length - 0.5] }, y: { range: [0, Math.max.apply(null, ys.concat([1]))] } },
+          scales: { x: { time: false, range: [-0.5, xs.length - 0.5] }, y: { range: function (u, lo, hi) { return [0, Math.max(hi || 0, 1)]; } } },
           axes: [{ label: "predicted class", values: function (u, vals) { return vals.map(function (v) { return Number.isInteger(v) ? v : ""; }); } }, { label: "predictions" }],
           series: [{ label: "class" }, { label: "predictions", fill: BARS, stroke: BARS, paths: uPlot.paths.bars({ size: [0.7, 80] }), points: { show: false } }]
         };
@@ -147,6 +150,7 @@
         var area = el("div", { role: "img", "aria-label": data.kind === "classes" ? "count of each predicted class in the window" : "predicted values over time" });
         root.appendChild(area);
         plot = new uPlot(opts, [xs, ys], area);
+        root.plot = plot;  // the drawn scales, for tests and the curious
         kind = data.kind; size = xs.length;
       } else {
         plot.setData([xs, ys]);
