@@ -214,6 +214,11 @@ def main() -> int:
         console.print(line, highlight=False)
     print_cluster_commands(inference["id"])
     console.print("\nThe stack keeps running: `kml dev status` shows it, `kml dev down` stops it.")
+    dashboard = f"http://127.0.0.1:{settings.dashboard_port}"
+    step(
+        f"dashboard: {dashboard}  (this run: {dashboard}/runs/{run_id}, its predictions: "
+        f"{dashboard}/inference/{inference['id']})"
+    )
     return 0
 
 
