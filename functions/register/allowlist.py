@@ -43,9 +43,8 @@ _LAYERS = _names(
 )
 _INITIALIZERS = _names(
     """
-    Constant GlorotNormal GlorotUniform HeNormal HeUniform Identity IdentityInitializer
-    LecunNormal LecunUniform Ones Orthogonal OrthogonalInitializer RandomNormal RandomUniform
-    TruncatedNormal VarianceScaling Zeros
+    Constant GlorotNormal GlorotUniform HeNormal HeUniform Identity LecunNormal LecunUniform
+    Ones Orthogonal RandomNormal RandomUniform TruncatedNormal VarianceScaling Zeros
     """
 )
 _REGULARIZERS = _names("L1 L1L2 L2 OrthogonalRegularizer")
@@ -77,7 +76,7 @@ _METRICS = _names(
     SquaredHinge Sum TopKCategoricalAccuracy TrueNegatives TruePositives
     """
 )
-_MODELS = _names("Functional Model Sequential")
+_MODELS = _names("Model Sequential")
 _DTYPE_POLICIES = _names("DTypePolicy FloatDTypePolicy")
 
 CLASSES: dict[str, frozenset[str]] = {
@@ -86,7 +85,6 @@ CLASSES: dict[str, frozenset[str]] = {
     "keras.src.models.functional": _names("Functional"),
     "keras.src.models.sequential": _names("Sequential"),
     "keras.src.models.model": _names("Model"),
-    "keras.dtype_policies": _DTYPE_POLICIES,
     "keras.layers": _LAYERS,
     "keras.initializers": _INITIALIZERS,
     "keras.regularizers": _REGULARIZERS,
@@ -100,10 +98,9 @@ CLASSES: dict[str, frozenset[str]] = {
 
 _ACTIVATIONS = _names(
     """
-    celu elu exponential gelu glu hard_shrink hard_sigmoid hard_silu hard_swish hard_tanh
-    leaky_relu linear log_sigmoid log_softmax mish relu relu6 selu sigmoid silu soft_shrink
-    softmax softplus softsign sparse_plus sparse_sigmoid sparsemax squareplus swish tanh
-    tanh_shrink threshold
+    celu elu exponential gelu glu hard_shrink hard_sigmoid hard_silu hard_tanh leaky_relu linear
+    log_sigmoid log_softmax mish relu relu6 selu sigmoid silu soft_shrink softmax softplus
+    softsign sparse_plus sparse_sigmoid sparsemax squareplus tanh tanh_shrink threshold
     """
 )
 _LOSS_FUNCTIONS = _names(
@@ -122,9 +119,8 @@ _METRIC_FUNCTIONS = _LOSS_FUNCTIONS | _names(
 )
 FUNCTIONS: dict[str, frozenset[str]] = {
     "keras.activations": _ACTIVATIONS,
-    "keras.losses": _LOSS_FUNCTIONS,
-    "keras.metrics": _METRIC_FUNCTIONS,
-    # Keras looks a ``builtins`` function up by name in its activations, losses, metrics, ...
+    # Keras writes losses and metrics as ``builtins`` functions and looks them up by name in
+    # its activations, losses, metrics, ... modules.
     "builtins": _ACTIVATIONS | _METRIC_FUNCTIONS,
 }
 """Accepted functions (``class_name: "function"``) by module."""
