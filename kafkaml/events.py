@@ -40,6 +40,12 @@ TRAINING_COMPLETED = "kml.training.completed"
 TRAINING_FAILED = "kml.training.failed"
 INFERENCE_REQUEST = "kml.inference.request"
 INFERENCE_RESPONSE = "kml.inference.response"
+STREAM_TICK = "kml.stream.tick"
+"""Train a window of every open online stream (the local bridge's ticker sends it)."""
+PING_EVENT = "dev.knative.sources.ping"
+"""A Knative PingSource's cron event (its type is fixed): train takes it as a stream tick."""
+MODEL_PROMOTED = "kml.model.promoted"
+"""An online stream's window beat the promoted model: a new model version serves the stream."""
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 

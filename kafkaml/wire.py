@@ -88,6 +88,8 @@ class ControlMessage:
     unsupervised_topic: str | None = None
     dataset_restrictions: dict[str, Any] | str = field(default_factory=dict, hash=False)
     incremental: bool = False
+    online: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    """Online (incremental) training only: the stream policy (``online_policy``)."""
 
     @cached_property
     def ranges(self) -> tuple[OffsetRange, ...]:
@@ -210,6 +212,47 @@ def _rate(body: dict[str, Any], name: str, problems: list[str]) -> float:
     return float(value)
 
 
+ONLINE_DEFAULTS: dict[str, Any] = {
+    "stream_timeout": 60000,
+    "monitoring_metric": "val_loss",
+    "change": "down",
+    "improvement": 0.05,
+    "indefinite": False,
+    "window_records": None,
+}
+"""Kafka-ML's online deployment fields and their defaults (``window_records``: ours, no cap)."""
+
+
+def online_policy(body: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """The online fields of ``body`` (Kafka-ML's names, its defaults), problems appended."""
+    policy = {k: body.get(k) if body.get(k) is not None else v for k, v in ONLINE_DEFAULTS.items()}
+    timeout = policy["stream_timeout"]
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or (timeout < 0 and timeout != -1):
+        problems.append(
+            f"stream_timeout: {timeout!r} must be milliseconds >= 0, or -1 (indefinite)"
+        )
+    metric = policy["monitoring_metric"]
+    if not isinstance(metric, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$", metric):
+        problems.append(f"monitoring_metric: {str(metric)[:60]!r} is not a metric name")
+    if policy["change"] not in ("up", "down"):
+        problems.append(f"change: {policy['change']!r} must be 'up' or 'down'")
+    improvement = policy["improvement"]
+    if (
+        isinstance(improvement, bool)
+        or not isinstance(improvement, (int, float))
+        or improvement < 0
+    ):
+        problems.append(f"improvement: {improvement!r} must be a number >= 0")
+    if not isinstance(policy["indefinite"], bool):
+        problems.append(f"indefinite: {policy['indefinite']!r} must be true or false")
+    window = policy["window_records"]
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 1
+    ):
+        problems.append(f"window_records: {window!r} must be a positive integer or null")
+    return policy
+
+
 def parse_control_message(
     value: bytes, key: bytes | str | None, *, deployment_id: str | None = None
 ) -> ControlMessage:
@@ -238,16 +281,18 @@ def parse_control_message(
     incremental = body.get("incremental", False)
     if not isinstance(incremental, bool):
         problems.append(f"incremental: {incremental!r} must be true or false")
-    elif incremental:
-        problems.append(
-            "incremental: online (incremental) training is not supported; "
-            "send a bounded range 'topic:partition:start:end'"
-        )
 
     topic = body.get("topic")
     ranges: tuple[OffsetRange, ...] = ()
+    online: dict[str, Any] | None = None
     if "topic" not in body:
         problems.append("topic: required")
+    elif incremental is True:  # Kafka-ML's OnlineRawSink: a bare topic, no offsets
+        if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+            problems.append(
+                f"topic: {str(topic)[:60]!r} must be a bare Kafka topic name when incremental"
+            )
+        online = online_policy(body, problems)
     elif not incremental:
         ranges, topic_problems = parse_topic_ranges(topic)
         problems += topic_problems
@@ -280,6 +325,8 @@ def parse_control_message(
     if total is not None:
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             problems.append(f"total_msg: {total!r} must be a non-negative integer")
+        elif incremental is True:
+            problems.append("total_msg: must be null when incremental (the stream has no end)")
         elif ranges and total != sum(r.count for r in ranges):
             problems.append(
                 f"total_msg: {total} does not match the "
@@ -302,6 +349,21 @@ def parse_control_message(
         raise InvalidControlMessage(
             f"invalid control message: {len(problems)} problem(s): {'; '.join(problems)}",
             problems,
+        )
+    if online is not None:
+        return ControlMessage(
+            deployment_id=deployment_id or "",
+            topic=topic,
+            input_format=fmt.upper(),
+            input_config=config,
+            validation_rate=validation_rate,
+            test_rate=test_rate,
+            total_msg=None,
+            description=description,
+            unsupervised_topic=unsupervised,
+            dataset_restrictions=restrictions,
+            incremental=True,
+            online=online,
         )
     return ControlMessage(
         deployment_id=deployment_id or "",

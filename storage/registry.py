@@ -303,6 +303,39 @@ class Registry:
                 continue  # artifacts without a status (being written): not a run yet
         return out
 
+    # -- online streams (``streams/<id>.json``; created once, then updated with If-Match) -----
+    def create_stream(self, stream_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the stream record; ``(existing, False)`` when it already exists."""
+        check_name("stream id", stream_id)
+        now = now_iso()
+        out = stamped(record, id=stream_id, created=now, updated=now)
+        try:
+            self._store.put_json(f"streams/{stream_id}.json", out, if_none_match=True)
+            return out, True
+        except PreconditionFailed:
+            return self.get_stream(stream_id)[0], False
+
+    def get_stream(self, stream_id: str) -> tuple[dict[str, Any], str]:
+        check_name("stream id", stream_id)
+        key = f"streams/{stream_id}.json"
+        try:
+            value, etag = self._store.get_json(key)
+        except NotFound:
+            raise NotFound(f"no stream {stream_id!r}", stream_id=stream_id) from None
+        return check_schema_version(key, value), etag
+
+    def update_stream(
+        self, stream_id: str, etag: str, **changes: Any
+    ) -> tuple[dict[str, Any], str]:
+        """Apply ``changes`` if the stream is still at ``etag``; else ``PreconditionFailed``."""
+        current, _ = self.get_stream(stream_id)
+        changes.pop("id", None)
+        new = {**current, **changes, "updated": now_iso()}
+        return new, self._store.put_json(f"streams/{stream_id}.json", new, if_match=etag)
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        return self._read_all("streams/")
+
     # -- inference specs ----------------------------------------------------------------------
     def create_inference(self, record: dict[str, Any]) -> dict[str, Any]:
         missing = [f"{f}: required" for f in InferenceSpec.stored_fields() if f not in record]

@@ -171,11 +171,11 @@ CASES = [
         "record 0: value has 64 bytes; expected 49",
     ),
     (
-        "incremental",
+        "incremental with offsets",
         lambda b, d: _with(b, incremental=True),
         None,
         422,
-        "training is not supported",
+        "must be a bare Kafka topic name when incremental",
     ),
 ]
 
