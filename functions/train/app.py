@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from flask import Flask, Response
 
+from functions.train.online import TICK_TYPES, OnlineTrainer
 from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event
 from kafkaml.events import Event
 from kafkaml.settings import Settings
@@ -33,12 +34,20 @@ def create_app(settings: Settings | None = None, trainer: Trainer | None = None)
 def build(trainer: Trainer) -> Function:
     """Train's parts: both event types run the HTTP route of the trainer; storage readiness."""
 
+    online = OnlineTrainer(trainer)
+
     def receive(event: Event) -> Response:
-        return json_response(trainer.train(control_message_from_event(event), http=True))
+        msg = control_message_from_event(event)
+        if msg.incremental:  # Kafka-ML's online control message: start a stream
+            return json_response(online.start(msg))
+        return json_response(trainer.train(msg, http=True))
+
+    def tick(event: Event) -> Response:
+        return json_response(online.tick())
 
     return Function(
         name="train",
-        events=dict.fromkeys(EVENT_TYPES, receive),
+        events={**dict.fromkeys(EVENT_TYPES, receive), **dict.fromkeys(TICK_TYPES, tick)},
         ready=trainer.registry.store.ping,
         close=trainer.close,
     )
