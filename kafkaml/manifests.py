@@ -8,11 +8,15 @@ scaling it 0..N on that group's lag.
 
 ``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
 The pods read their connection settings from the ConfigMap ``kml-settings`` and the S3
-credentials from the Secret ``kml-s3`` (never inlined).
+credentials from the Secret ``kml-s3`` (never inlined). When the settings name a Strimzi
+cluster (``strimzi_cluster``), a ``KafkaTopic`` for the input and the output topic comes with
+them, so a KafkaSource never waits for a topic nobody creates.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -40,6 +44,13 @@ MODES = (EVENT, STREAM)
 """How a deployment reads its input topic: ``event``, one record per request to a Knative
 Service through a KafkaSource; ``stream``, batched consumers in a Deployment scaled on lag."""
 STREAM_COMMAND = ["python", "-m", "functions.infer.stream"]
+PROBE_THREADS = 4
+"""Request threads of an event-mode infer process beyond its prediction slots
+(``infer_request_slots``): requests finding every slot busy are answered 503 at once, so these
+threads are always free for the health probes."""
+TOPIC_PARTITIONS = 3
+"""Partitions of an inference topic created for a deployment (locally through the admin API,
+on a cluster as a KafkaTopic): up to three consumers or stream replicas share the work."""
 LAG_THRESHOLD = 10_000
 """Stream mode: records of consumer-group lag per replica KEDA aims at (a fraction of a second
 of one replica's work); more lag starts more replicas, up to one per partition."""
@@ -77,23 +88,78 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/part-of": "kafka-ml-knative",
     }
+    topics = [_kafka_topic(t, settings, labels) for t in inference_topics(spec)]
+    if not settings.strimzi_cluster:
+        topics = []
     if spec.get("mode", EVENT) == STREAM:
         return [
             _deployment(spec, settings, name, labels),
             _scaled_object(spec, settings, name, labels),
+            *topics,
         ]
-    return [_service(spec, settings, name, labels), _kafka_source(spec, settings, name, labels)]
+    return [
+        _service(spec, settings, name, labels),
+        _kafka_source(spec, settings, name, labels),
+        *topics,
+    ]
+
+
+def inference_topics(spec: Mapping[str, Any]) -> list[str]:
+    """The topics an inference deployment reads and writes (the dead-letter topic is shared)."""
+    return list(dict.fromkeys([spec["input_topic"], spec["output_topic"]]))
+
+
+def infer_gunicorn_command(slots: int, port: int = CONTAINER_PORT) -> list[str]:
+    """The event-mode container's command: gunicorn with ``slots`` + ``PROBE_THREADS`` threads."""
+    return [
+        "python", "-m", "gunicorn", "-b", f"0.0.0.0:{port}", "--worker-class", "gthread",
+        "--threads", str(slots + PROBE_THREADS), "--timeout", "660", "--graceful-timeout", "10",
+        "functions.infer.app:create_app()",
+    ]  # fmt: skip
+
+
+def topic_resource_name(topic: str) -> str:
+    """A Kubernetes name for ``topic``'s KafkaTopic: the topic itself when it is one, else a
+    lower-cased form with a hash of the exact name (``My_Topic`` and ``my-topic`` differ)."""
+    name = re.sub(r"[^a-z0-9.-]", "-", topic.lower()).strip(".-")[:200] or "topic"
+    if name == topic:
+        return name
+    return f"{name}-{hashlib.sha256(topic.encode()).hexdigest()[:10]}"
+
+
+def _kafka_topic(topic: str, settings: Settings, labels: dict[str, str]) -> dict[str, Any]:
+    # Named after the topic alone: deployments sharing a topic render the same KafkaTopic.
+    return {
+        "apiVersion": "kafka.strimzi.io/v1beta2",
+        "kind": "KafkaTopic",
+        "metadata": {
+            "name": topic_resource_name(topic),
+            "namespace": settings.namespace,
+            "labels": {
+                "strimzi.io/cluster": settings.strimzi_cluster,
+                "app.kubernetes.io/part-of": labels["app.kubernetes.io/part-of"],
+            },
+        },
+        "spec": {"topicName": topic, "partitions": TOPIC_PARTITIONS, "replicas": 1},
+    }
 
 
 def _service(
     spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
 ) -> dict[str, Any]:
     scaling = Scaling.of(spec)
+    # The queue-proxy lets containerConcurrency requests in at once: one slot each, and the
+    # probes' threads on top (0 = unlimited: the settings' slots).
+    slots = scaling.target_concurrency or settings.infer_request_slots
     container = {
         "name": "infer",
         "image": spec.get("image") or settings.infer_image,
+        "command": infer_gunicorn_command(slots),
         "ports": [{"containerPort": CONTAINER_PORT}],
-        "env": [{"name": "KML_INFERENCE_ID", "value": str(spec["id"])}],
+        "env": [
+            {"name": "KML_INFERENCE_ID", "value": str(spec["id"])},
+            {"name": "KML_INFER_REQUEST_SLOTS", "value": str(slots)},
+        ],
         "envFrom": [
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
             {"secretRef": {"name": S3_SECRET}},

@@ -56,6 +56,12 @@ class Settings:
     """Infer: longest a Kafka-path request waits for Kafka to confirm its prediction (503 after).
     Kept well below the inference KafkaSource's 30 s delivery timeout, so a request never outlives
     the attempt it answers and a retry never overlaps it."""
+    infer_request_slots: int = 100
+    """Infer: prediction requests (Kafka path, CloudEvent, KServe) served at once; one more is
+    answered 503 at once (retried). The process runs ``PROBE_THREADS`` more threads than slots,
+    so the health probes never queue behind requests blocked on Kafka. The default covers the
+    local bridge's most records in flight (99); a cluster's Service sets it to its
+    containerConcurrency."""
     inference_id: str = ""
     """The inference deployment an infer process serves."""
     model_cache_dir: str = field(default_factory=lambda: str(Path(_default_cache_dir()) / "models"))
@@ -87,6 +93,10 @@ class Settings:
     register_url: str = ""
     """URL of the register function the CLI and the dashboard talk to; empty =
     http://127.0.0.1:<register_port>."""
+    strimzi_cluster: str = ""
+    """The Strimzi ``Kafka`` the cluster's topics belong to (label ``strimzi.io/cluster``). When
+    set, an inference deployment's manifests carry a ``KafkaTopic`` for its input and output
+    topics; when empty, those topics must exist before the KafkaSource can become ready."""
     infer_image: str = "kml/infer:0.1.0"
     """Container image of the inference Services register renders (an event may name another)."""
     train_port: int = 8082

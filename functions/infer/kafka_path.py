@@ -3,9 +3,15 @@
 The output is keyed by the input's exact key bytes (Base64 in the ``key`` extension: the
 inference KafkaSource is labelled ``key-type: byte-array``), or by
 ``<topic>:<partition>:<offset>`` when it has none; it carries the input's headers plus the
-input's coordinates. An undecodable record goes to the dead-letter topic (original bytes, the
-reason, the coordinates) and the caller gets a 4xx so KafkaSource does not retry it. The answer
-is 2xx only once Kafka has acknowledged the output.
+input's coordinates. The answer is 2xx only once Kafka has acknowledged the output.
+
+A record the function cannot predict for good (it does not decode, does not fit the model, or
+its prediction is larger than Kafka takes) goes to the dead-letter topic (original bytes, the
+reason, the coordinates) and, once Kafka has acknowledged that dead letter, the answer is 2xx
+with ``{"dead_lettered": true, "reason": ...}``: the record was handled, so the KafkaSource
+neither retries it nor sends a second copy to its own dead-letter sink, which is left for what
+the function could not answer (timeouts, crashes). When the dead letter itself cannot be
+written the answer is 5xx and the record is delivered again.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, Protocol
 
 from functions.infer.batcher import split_rows
 from functions.infer.serving import InferenceService
-from kafkaml.errors import InvalidEvent, KmlError
+from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge
 from kafkaml.events import KAFKA_EVENT, Event, record_key
 
 HEADER_PREFIX = "kafkaheader"
@@ -97,20 +103,23 @@ def input_record(event: Event, default_topic: str = "") -> InputRecord:
 
 
 def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any]:
-    """Predict one record and produce the result; returns where the prediction landed."""
+    """Predict one record and produce the result; returns where the prediction landed, or
+    where its dead letter did (``dead_lettered``) when the record cannot be predicted."""
     record = input_record(event, service.spec.get("input_topic", ""))
     try:
         x = service.conform(service.codec.decode_features([record.value]))
     except KmlError as e:
         if e.retryable:
             raise
-        dead_letter(service, record, e)
-        raise
+        return dead_lettered(service, record, e)
     (row,) = split_rows(service.predict(x))
     value = json.dumps({"values": row}, separators=(",", ":")).encode()
     headers = [*record.headers, *record.coordinate_headers()]
     spec = service.spec
-    done = service.producer().send(spec["output_topic"], value, record.output_key, headers)
+    try:
+        done = service.producer().send(spec["output_topic"], value, record.output_key, headers)
+    except PayloadTooLarge as e:  # as stream mode does: the prediction can never be written
+        return dead_lettered(service, record, e)
     return {
         "key": record.output_key.decode("utf-8", errors="backslashreplace"),
         "topic": done.topic,
@@ -119,20 +128,44 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
     }
 
 
-def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> None:
-    """Park the original bytes on the dead-letter topic with the reason (5xx if Kafka fails)."""
+def dead_lettered(
+    service: InferenceService, record: InputRecord, error: KmlError
+) -> dict[str, Any]:
+    """Dead-letter ``record`` and describe it: the 2xx answer of a record handled that way."""
+    done = dead_letter(service, record, error)
+    return {
+        "dead_lettered": True,
+        "reason": reason_of(error),
+        "kind": error.kind,
+        "status": error.status,
+        "key": record.output_key.decode("utf-8", errors="backslashreplace"),
+        "topic": getattr(done, "topic", service.settings.dlq_topic),
+        "partition": getattr(done, "partition", None),
+        "offset": getattr(done, "offset", None),
+    }
+
+
+def reason_of(error: KmlError) -> str:
+    """What a dead letter says went wrong: the error's reason and every problem it lists."""
     reason = getattr(error, "reason", None) or error.message
     if getattr(error, "problems", None):
         reason = f"{reason}: {'; '.join(error.problems)}"
+    return reason
+
+
+def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> Any:
+    """Park the original bytes on the dead-letter topic with the reason; returns what the
+    producer's ``send`` returned once Kafka acknowledged it (5xx if Kafka fails)."""
     headers = [
         *record.headers,
-        ("kml-error", reason.encode()[:2000]),
+        ("kml-error", reason_of(error).encode()[:2000]),
         ("kml-error-kind", error.kind.encode()),
         ("kml-error-status", str(error.status).encode()),
         ("kml-inference-id", service.settings.inference_id.encode()),
         *record.coordinate_headers(),
     ]
-    service.producer().send(service.settings.dlq_topic, record.value, record.output_key, headers)
+    dlq = service.settings.dlq_topic
+    return service.producer().send(dlq, record.value, record.output_key, headers)
 
 
 def _int(value: Any) -> int | None:

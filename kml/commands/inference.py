@@ -43,9 +43,14 @@ def deploy_inference(
     with friendly_errors():
         settings = load_settings(state_dir)
         if local:
-            from kml.dev.inference import is_stream, start_local_inference
+            from kml.dev.inference import bridge_running, is_stream, start_local_inference
 
             url, pid = start_local_inference(settings, inference_id)
+            if not is_stream(settings, inference_id) and not bridge_running(settings):
+                console.print(
+                    "the local KafkaSource bridge is not running (kml dev up starts it): records "
+                    "on the input topic wait for it, none is skipped"
+                )
             if is_stream(settings, inference_id):
                 console.print(
                     f"inference {inference_id} streaming (pid {pid}): it reads its input topic "
@@ -62,6 +67,24 @@ def deploy_inference(
             console.print(kubectl_apply(yaml_text), highlight=False, markup=False)
         else:
             print(yaml_text, end="" if yaml_text.endswith("\n") else "\n")
+
+
+def create_topics_if_reachable(
+    settings: Settings, record: dict[str, Any], timeout_s: float = 5.0
+) -> str:
+    """Create an inference deployment's topics on the configured Kafka when it answers; a line
+    saying what was done, or why not (deploying creates them, or their KafkaTopics do)."""
+    from kml.dev.inference import ensure_topics
+
+    try:
+        topics = ensure_topics(settings, record, timeout_s=timeout_s)
+    except Exception as e:  # unreachable, or refused: creating the deployment still worked
+        reason = e.message if isinstance(e, KmlError) else type(e).__name__
+        return (
+            f"topics not created now ({reason}); `kml deploy inference --local` creates them, "
+            "and on a cluster their KafkaTopics (KML_STRIMZI_CLUSTER) or your Kafka admin must"
+        )
+    return f"topics ready on {settings.kafka_bootstrap}: {', '.join(topics)}"
 
 
 def manifests_yaml(settings: Settings, inference_id: str) -> str:

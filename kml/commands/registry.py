@@ -332,9 +332,14 @@ def inference_create(
             image=image,
             mode=mode,
         )
+        from kml.commands.inference import create_topics_if_reachable
+
+        topics = create_topics_if_reachable(load_settings(None), record)
         if show_yaml:
+            err_console.print(topics, highlight=False, markup=False)
             print(record["manifests"], end="")
             return
+        console.print(topics, highlight=False, markup=False)
         console.print(
             f"inference [bold]{record['id']}[/]: {record['input_topic']} -> "
             f"{record['model']} -> {record['output_topic']}; "

@@ -1,30 +1,61 @@
 """An inference deployment as a local gunicorn process, wired into the local stack's bridge.
 
-``start_local_inference`` starts (or finds) the process under ``<state_dir>/infer-<id>/``, waits
-until its model is loaded, then tells the local KafkaSource bridge about it: the deployment's
-KafkaSource goes to ``<state_dir>/sources/infer-<id>.yaml`` and the service's URL to
-``<state_dir>/services/<service>.json`` as ``{"url": ...}``. A stream-mode deployment runs its
-batched consumer loop (``python -m functions.infer.stream``) instead, which reads Kafka itself:
-no bridge; its URL serves the probes and ``/metrics``.
+``start_local_inference`` makes sure the deployment's input, output and dead-letter topics exist
+(through Kafka's admin API, as a cluster's KafkaTopics would), starts (or finds) the process
+under ``<state_dir>/infer-<id>/``, waits until its model is loaded, then tells the local
+KafkaSource bridge about it: the deployment's KafkaSource goes to
+``<state_dir>/sources/infer-<id>.yaml`` and the service's URL to
+``<state_dir>/services/<service>.json`` as ``{"url": ...}``. When the bridge runs, it returns
+only once the bridge's consumer of that source has every partition of the input topic assigned.
+The source's consumer group starts at the topic's beginning when it is new, so records sent
+before the deployment are predicted too. A stream-mode deployment runs its batched consumer
+loop (``python -m functions.infer.stream``) instead, which reads Kafka itself: no bridge; its
+URL serves the probes and ``/metrics``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
+from kafkaml.manifests import PROBE_THREADS, TOPIC_PARTITIONS, inference_topics, service_name
 from kafkaml.settings import Settings
 from kml.dev import procs
 from kml.dev.procs import Proc, StackError, port_is_free
 
-THREADS = 16
-"""Request threads per process: KafkaSource keeps many records in flight (unordered: 50)."""
+THREADS = Settings().infer_request_slots + PROBE_THREADS
+"""Request threads per process: one per prediction slot (the bridge keeps up to 99 records in
+flight) and ``PROBE_THREADS`` more that the health probes always find free."""
+BRIDGE_FRESH_S = 10.0
+"""A bridge status file older than this belongs to a bridge that is not running."""
 
 
 def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
     """The command serving the infer function (one inference deployment per process)."""
     return procs.gunicorn_argv("infer", port, threads=threads, workers=workers)
+
+
+def threads_for(settings: Settings) -> int:
+    """The threads of a process with these settings' prediction slots."""
+    return settings.infer_request_slots + PROBE_THREADS
+
+
+def ensure_topics(
+    settings: Settings, spec: dict[str, Any], timeout_s: float | None = None
+) -> list[str]:
+    """Create the deployment's input and output topics and the dead-letter topic unless they
+    exist; returns them. Kafka unreachable is a 503 naming it."""
+    from kafkaml.kafka import ensure_topic
+
+    timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
+    topics = [*inference_topics(spec), settings.dlq_topic]
+    for topic in dict.fromkeys(topics):
+        ensure_topic(settings.kafka_bootstrap, topic, TOPIC_PARTITIONS, timeout_s=timeout)
+    return topics
 
 
 def stream_argv() -> list[str]:
@@ -54,6 +85,10 @@ def start_local_inference(
     settings: Settings, inference_id: str, timeout_s: float = 300.0
 ) -> tuple[str, int]:
     """Serve ``inference_id`` locally (or find it running); returns its URL and PID."""
+    from storage.registry import Registry
+
+    spec = Registry.from_settings(settings).get_inference(inference_id)
+    ensure_topics(settings, spec)
     home = home_of(settings, inference_id)
     proc = Proc("infer", home)
     url_file = home / "url"
@@ -66,7 +101,7 @@ def start_local_inference(
         url = f"http://127.0.0.1:{port}"
         env = infer_env(settings.replace(infer_stream_port=port), inference_id)
         proc.start(
-            stream_argv() if stream else gunicorn_argv(port),
+            stream_argv() if stream else gunicorn_argv(port, threads_for(settings)),
             env=env,
             cwd=Path(__file__).resolve().parents[2],
         )
@@ -83,8 +118,48 @@ def start_local_inference(
     pid = proc.pid()
     if not stream:
         register_with_bridge(settings, inference_id, url)
+        if bridge_running(settings):
+            wait_for_source(settings, spec, timeout_s)
     assert pid is not None
     return url, pid
+
+
+def bridge_running(settings: Settings) -> bool:
+    """Whether a local KafkaSource bridge is running on this state dir (its status is fresh)."""
+    from kml.dev.bridge.runner import read_status
+
+    status = read_status(settings.state_dir)
+    if status is None or time.time() - float(status.get("ts", 0)) > BRIDGE_FRESH_S:
+        return False
+    try:
+        os.kill(int(status.get("pid", 0)), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def wait_for_source(settings: Settings, spec: dict[str, Any], timeout_s: float = 60.0) -> list[str]:
+    """Until the bridge's consumer of the deployment's KafkaSource has every partition of the
+    input topic assigned; returns them (``topic/partition``)."""
+    from kafkaml.kafka import end_offsets
+    from kml.dev.bridge.runner import read_status
+
+    topic, name = spec["input_topic"], service_name(spec["id"])
+    wanted = {f"{topic}/{p}" for p in end_offsets(settings.kafka_bootstrap, topic)}
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        for source in (read_status(settings.state_dir) or {}).get("sources", []):
+            if source.get("name") == name:
+                seen = list(source.get("assigned") or [])
+        if wanted and wanted <= set(seen):
+            return sorted(wanted)
+        time.sleep(0.1)
+    raise StackError(
+        f"the local bridge did not assign {topic} to the KafkaSource {name} within "
+        f"{timeout_s:g}s (assigned: {', '.join(seen) or 'nothing'}); see the bridge's log in "
+        f"{Path(settings.state_dir) / 'bridge'}"
+    )
 
 
 def stop_local_inference(settings: Settings, inference_id: str) -> bool:

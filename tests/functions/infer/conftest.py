@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from kafkaml.kafka import ensure_topic
 from kafkaml.settings import Settings
-from kml.dev.inference import gunicorn_argv, infer_env
+from kml.dev.inference import gunicorn_argv, infer_env, threads_for
 from kml.dev.procs import Proc, free_port
 from storage.registry import Registry
 
@@ -125,7 +125,11 @@ def serve(deployment: Deployment, home: Path, timeout_s: float = 240.0) -> Serve
     port = free_port()
     proc = Proc("infer", home)
     served = Served(f"http://127.0.0.1:{port}", proc, time.monotonic())
-    proc.start(gunicorn_argv(port), env=infer_env(deployment.settings, deployment.id), cwd=ROOT)
+    proc.start(
+        gunicorn_argv(port, threads_for(deployment.settings)),
+        env=infer_env(deployment.settings, deployment.id),
+        cwd=ROOT,
+    )
     try:
         _wait_ready(served, timeout_s)
     except BaseException:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from functions.infer.app import create_app
+from kafkaml.errors import PayloadTooLarge, Unavailable
 from tests.functions.infer.fakes import SPEC, LinearModel, RecordingProducer, fixed_loader, settings
 
 
@@ -95,11 +97,15 @@ def test_a_record_without_key_is_keyed_by_its_coordinates(served):
     assert producer.on("out")[0]["key"] == b"in:0:9"
 
 
-def test_an_undecodable_record_is_a_4xx_and_dead_lettered_with_its_reason(served):
+def test_an_undecodable_record_is_dead_lettered_once_and_answered_2xx_saying_so(served):
     client, model, producer = served
     r = client.post("/", data=b"\x01\x02\x03", headers=_kafka_headers(1, 5, key="bad-1"))
-    assert r.status_code == 400
-    assert "3 bytes" in r.get_json()["error"]
+    # Handled: a 4xx would make the KafkaSource's own dead-letter sink add a second copy.
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["dead_lettered"] is True and "3 bytes" in body["reason"]
+    assert (body["kind"], body["status"], body["topic"]) == ("undecodable_record", 400, "dlq")
+    assert body["key"] == "bad-1" and body["offset"] == 0
     assert producer.on("out") == [] and model.calls == []
     (dead,) = producer.on("dlq")
     assert dead["value"] == b"\x01\x02\x03" and dead["key"] == b"bad-1"
@@ -111,6 +117,25 @@ def test_an_undecodable_record_is_a_4xx_and_dead_lettered_with_its_reason(served
         b"1",
         b"5",
     )
+
+
+def test_a_prediction_kafka_refuses_as_too_large_is_dead_lettered_like_stream_mode(served):
+    client, _, producer = served
+    refused = []
+    send = producer.send
+
+    def too_large_on_out(topic, value, key, headers):
+        if topic == "out":
+            refused.append(key)
+            raise PayloadTooLarge("Kafka refused a record for out: too large")
+        return send(topic, value, key, headers)
+
+    producer.send = too_large_on_out
+    r = client.post("/", data=_x(8).tobytes(), headers=_kafka_headers(0, 7, key="big"))
+    assert r.status_code == 200 and r.get_json()["kind"] == "payload_too_large"
+    assert refused == [b"big"]
+    (dead,) = producer.on("dlq")
+    assert dead["value"] == _x(8).tobytes() and dead["headers"]["kml-error-status"] == b"413"
 
 
 def test_kafka_down_is_a_503_so_kafkasource_retries(served):
@@ -213,7 +238,7 @@ def test_metrics_count_requests_errors_predictions_and_batches():
     client.post("/", data=b"x", headers=_kafka_headers(0, 1))
     text = client.get("/metrics").get_data(as_text=True)
     assert 'kml_infer_requests_total{outcome="ok",path="kserve"} 40.0' in text
-    assert 'kml_infer_requests_total{outcome="client_error",path="kafka"} 1.0' in text
+    assert 'kml_infer_requests_total{outcome="ok",path="kafka"} 1.0' in text  # dead-lettered
     assert 'kml_infer_errors_total{kind="undecodable_record"} 1.0' in text
     assert "kml_infer_predictions_total 40.0" in text
     assert 'kml_infer_batch_size_bucket{le="1.0"} ' in text
@@ -232,3 +257,51 @@ def test_spec_fields_are_used_for_output_topic():
     assert app.extensions["kml.infer"].wait_ready(5)
     app.test_client().post("/", data=_x(7).tobytes(), headers=_kafka_headers(0, 3))
     assert [r["topic"] for r in producer.sent] == ["elsewhere"]
+
+
+class _StuckProducer(RecordingProducer):
+    """Every send waits (Kafka unreachable) until ``unstick`` is set, then fails with 503."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Semaphore(0)
+        self.unstick = threading.Event()
+
+    def send(self, topic, value, key, headers):
+        self.waiting.release()
+        self.unstick.wait(10)
+        raise Unavailable("Kafka at test did not confirm a record")
+
+
+def test_with_every_prediction_slot_blocked_on_kafka_the_next_request_is_503_at_once():
+    producer = _StuckProducer()
+    app, _, _ = _ready_app(producer=producer, infer_request_slots=3)
+    with ThreadPoolExecutor(3) as pool:
+        stuck = [
+            pool.submit(
+                lambda i=i: app.test_client()
+                .post("/", data=_x(i).tobytes(), headers=_kafka_headers(0, i))
+                .status_code
+            )
+            for i in range(3)
+        ]
+        for _ in range(3):
+            assert producer.waiting.acquire(timeout=5)  # all three slots wait on Kafka
+        client = app.test_client()
+        started = time.monotonic()
+        busy = client.post("/", data=_x(9).tobytes(), headers=_kafka_headers(0, 9))
+        kserve = client.post("/v1/models/digits-1:predict", json={"instances": _x(9).tolist()})
+        took = time.monotonic() - started
+        assert busy.status_code == 503 and "3 prediction slots are busy" in busy.get_json()["error"]
+        assert kserve.status_code == 503
+        assert took < 1.0
+        assert client.get("/health/liveness").status_code == 200
+        assert client.get("/health/readiness").status_code == 200
+        producer.unstick.set()
+        assert [f.result(timeout=10) for f in stuck] == [503, 503, 503]
+    # The slots are free again.
+    producer.unstick.clear()
+    ok = RecordingProducer()
+    app.extensions["kml.infer"]._producer = ok
+    r = app.test_client().post("/", data=_x(1).tobytes(), headers=_kafka_headers(0, 1))
+    assert r.status_code == 200 and len(ok.on("out")) == 1
