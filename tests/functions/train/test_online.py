@@ -1,0 +1,178 @@
+"""Online training on the real stack: Kafka-ML's online control message starts a stream, ticks
+train exact windows warm-started from the promoted model, a redelivered tick trains nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from confluent_kafka import Producer
+
+from functions.train.online import should_promote
+from kafkaml.kafka import end_offsets, ensure_topic, follow
+from tests.functions.train.conftest import consume_all, digits
+
+pytestmark = pytest.mark.integration
+
+
+def _online_control(harness, deployment: str, topic: str, **fields) -> object:
+    """The control record exactly as Kafka-ML's OnlineRawSink writes it (one-byte key)."""
+    value = {
+        "topic": topic,
+        "input_format": "RAW",
+        "description": "online digits",
+        "input_config": {
+            "data_type": "uint8",
+            "label_type": "uint8",
+            "data_reshape": "8 8",
+            "label_reshape": "1",
+        },
+        "validation_rate": 0.2,
+        "test_rate": 0,
+        "total_msg": None,
+        "unsupervised_topic": None,
+        "dataset_restrictions": {},
+        "incremental": True,
+        **fields,
+    }
+    producer = Producer({"bootstrap.servers": harness.settings.kafka_bootstrap})
+    producer.produce(
+        harness.settings.control_topic, key=bytes([int(deployment)]), value=json.dumps(value)
+    )
+    assert producer.flush(30) == 0
+    [record] = consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)
+    return record
+
+
+def _publish(bootstrap: str, topic: str, x, y, partitions: int = 2) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(len(x)):
+        producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes(), partition=i % partitions)
+    assert producer.flush(30) == 0
+
+
+def _tick(harness, event_id: str, ping: bool = False):
+    return harness.post(
+        {
+            "ce-specversion": "1.0",
+            "ce-id": event_id,
+            "ce-source": "/tests/ticker",
+            "ce-type": "dev.knative.sources.ping" if ping else "kml.stream.tick",
+            "content-type": "application/json",
+        },
+        b"{}",
+    )
+
+
+def _mine(reply, stream_id: str) -> dict:
+    assert reply.status == 200, reply.body
+    [entry] = [s for s in reply.body["streams"] if s["stream_id"] == stream_id]
+    return entry
+
+
+def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, unique):
+    settings, registry = harness.settings, harness.registry
+    bootstrap = settings.kafka_bootstrap
+    deployment = harness.deployment(deployment_id=str(200 + int(unique[:4], 16) % 50), epochs=2)
+    topic = f"live-{unique}"
+    ensure_topic(bootstrap, topic, partitions=2)
+    x, y = digits()
+    _publish(bootstrap, topic, x[:40], y[:40])  # before the control message: not the stream's
+
+    control = _online_control(
+        harness, deployment, topic, monitoring_metric="val_accuracy", change="up"
+    )
+    first = harness.deliver(control)
+    assert first.status == 200, first.body
+    stream = first.body
+    assert stream["status"] == "open" and stream["topic"] == topic
+    assert stream["start"] == stream["cursor"] == {"0": 20, "1": 20}
+    assert (stream["metric"], stream["change"], stream["improvement"]) == (
+        "val_accuracy",
+        "up",
+        0.05,
+    )
+    assert stream["window_seconds"] == 60.0 and stream["indefinite"] is False
+    again = harness.deliver(control)  # a redelivered control message finds the same stream
+    assert again.status == 200 and again.body["id"] == stream["id"]
+    sid = stream["id"]
+    try:
+        idle = _mine(_tick(harness, f"tick-idle-{unique}"), sid)
+        assert idle["window"] is None and idle["status"] == "open"
+
+        _publish(bootstrap, topic, x[40:240], y[40:240])
+        w0 = _mine(_tick(harness, f"tick-0-{unique}", ping=True), sid)["window"]
+        assert sorted(w0["ranges"]) == [f"{topic}:0:20:120", f"{topic}:1:20:120"]
+        assert w0["promote"] is True and w0["promoted"] is None  # the first window promotes
+
+        # records arriving between ticks: two batches, a tick after each
+        _publish(bootstrap, topic, x[240:440], y[240:440])
+        tick = f"tick-1-{unique}"
+        w1 = _mine(_tick(harness, tick), sid)["window"]
+        _publish(bootstrap, topic, x[440:640], y[440:640])
+        redelivered = _mine(_tick(harness, tick), sid)  # same tick again: only the new records
+        w2 = redelivered["window"]
+        assert _mine(_tick(harness, tick), sid)["window"] is None  # and then nothing at all
+
+        stream, _ = registry.get_stream(sid)
+        windows = stream["windows"]
+        assert [w["run_id"] for w in windows] == [w0["run_id"], w1["run_id"], w2["run_id"]]
+        # exact: per partition the windows tile [start, end) with no gap and no overlap
+        ends = end_offsets(bootstrap, topic)
+        assert stream["cursor"] == {str(p): e for p, e in ends.items()} == {"0": 320, "1": 320}
+        for p in (0, 1):
+            spans = [
+                tuple(int(v) for v in r.split(":")[2:])
+                for w in windows
+                for r in w["ranges"]
+                if r.split(":")[1] == str(p)
+            ]
+            assert spans[0][0] == 20 and spans[-1][1] == 320
+            assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+        assert sum(w["records"] for w in windows) == 600
+        runs = [r for r in registry.list_runs() if r.get("stream_id") == sid]
+        assert len(runs) == 3 and all(r["status"] == "succeeded" for r in runs)
+        assert sum(r["records"] for r in runs) == 600  # every record trained exactly once
+
+        # prequential: after the first window both models are scored on the same held-out data
+        for w in windows[1:]:
+            assert w["promoted"] is not None and w["candidate"] is not None
+            assert w["held_out"] == 40 and w["warm_start"] is not None
+        # promotion follows the rule, and the pointer is the last promoted window
+        best = None
+        for w in windows:
+            assert w["promote"] is should_promote(w["candidate"], w["promoted"], "up", 0.05)
+            best = w if w["promote"] else best
+        promotions = [w for w in windows if w["promote"]]
+        assert stream["promotions"] == len(promotions)
+        name = stream["promoted_model_name"]
+        assert stream["promoted"]["model"] == f"{name}@{len(promotions)}"
+        assert stream["promoted"]["run_id"] == best["run_id"]
+        assert registry.list_model_versions(name) == list(range(1, len(promotions) + 1))
+        model = registry.get_model(name, len(promotions))
+        assert model["format"] == "keras_file" and model["run_id"] == best["run_id"]
+        announced = [
+            json.loads(m.value()) for m in follow(bootstrap, settings.results_topic, {0: 0}, 3.0)
+        ]
+        promoted_events = [e for e in announced if e["type"] == "kml.model.promoted"]
+        assert [e["data"]["model"] for e in promoted_events] == [
+            f"{name}@{i}" for i in range(1, len(promotions) + 1)
+        ]
+    finally:
+        _, etag = registry.get_stream(sid)
+        registry.update_stream(sid, etag, status="stopped")
+
+
+def test_a_stream_closes_after_its_timeout_without_data(harness, unique):
+    deployment = harness.deployment(deployment_id=str(100 + int(unique[:4], 16) % 50), epochs=1)
+    topic = f"quiet-{unique}"
+    ensure_topic(harness.settings.kafka_bootstrap, topic, partitions=1)
+    reply = harness.deliver(_online_control(harness, deployment, topic, stream_timeout=1))
+    assert reply.status == 200, reply.body
+    sid = reply.body["id"]
+
+    time.sleep(0.5)
+    closed = _mine(_tick(harness, f"tick-quiet-{unique}"), sid)
+    assert closed["status"] == "closed" and closed["window"] is None
+    assert harness.registry.get_stream(sid)[0]["status"] == "closed"
