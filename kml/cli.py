@@ -7,6 +7,7 @@ import typer
 from kml.commands import dev
 from kml.commands import inference as inference_commands
 from kml.commands import registry as registry_commands
+from kml.commands import streams as streams_commands
 from kml.commands import training as training_commands
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ app.command("predict")(inference_commands.predict)
 app.command("train")(training_commands.train)
 app.add_typer(training_commands.runs_app, name="runs")
 app.add_typer(training_commands.datasources_app, name="datasources")
+app.add_typer(streams_commands.streams_app, name="streams")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

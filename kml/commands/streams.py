@@ -1,0 +1,100 @@
+"""``kml streams list|show|stop``: online training streams, their windows and promotions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from kafkaml.kafka import end_offsets
+from kml.commands.common import console, friendly_errors, load_settings
+
+streams_app = typer.Typer(
+    help="Online training streams: cursor, lag, windows, promotions.", no_args_is_help=True
+)
+
+
+def _registry():
+    from storage.registry import Registry
+
+    settings = load_settings()
+    return settings, Registry.from_settings(settings)
+
+
+def lag(stream: dict[str, Any], ends: dict[int, int]) -> int:
+    """Records on the topic beyond the stream's cursor (not trained yet)."""
+    cursor = stream.get("cursor") or {}
+    return sum(max(0, end - int(cursor.get(str(p), 0))) for p, end in ends.items())
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+@streams_app.command("list")
+def list_streams() -> None:
+    """Every stream: status, topic, windows, promotions, lag."""
+    with friendly_errors():
+        settings, registry = _registry()
+        table = Table("stream", "status", "deployment", "topic", "windows", "promotions", "lag")
+        for s in sorted(registry.list_streams(), key=lambda s: s.get("created", "")):
+            ends = end_offsets(settings.kafka_bootstrap, s["topic"], settings.kafka_timeout_s)
+            table.add_row(
+                s["id"],
+                s.get("status", "-"),
+                s.get("deployment_id", "-"),
+                s["topic"],
+                str(len(s.get("windows", []))),
+                str(s.get("promotions", 0)),
+                str(lag(s, ends)),
+            )
+        console.print(table)
+
+
+@streams_app.command("show")
+def show(
+    stream_id: str = typer.Argument(..., help="Stream id (kml streams list)."),
+    as_json: bool = typer.Option(False, "--json", help="The stream record as JSON."),
+) -> None:
+    """Cursor, lag, every window's metric (promoted vs candidate) and the promotions."""
+    with friendly_errors():
+        settings, registry = _registry()
+        stream, _ = registry.get_stream(stream_id)
+        if as_json:
+            console.print_json(json.dumps(stream))
+            return
+        ends = end_offsets(settings.kafka_bootstrap, stream["topic"], settings.kafka_timeout_s)
+        promoted = stream.get("promoted") or {}
+        console.print(
+            f"stream {stream_id}: [bold]{stream.get('status')}[/]  deployment "
+            f"{stream.get('deployment_id')}  topic {stream['topic']}\n"
+            f"  cursor {stream.get('cursor')}  lag {lag(stream, ends)}  metric "
+            f"{stream.get('metric')} ({stream.get('change')}, improvement "
+            f"{stream.get('improvement')})\n"
+            f"  promoted {promoted.get('model', '-')} (window {promoted.get('window', '-')}), "
+            f"{stream.get('promotions', 0)} promotion(s)",
+            highlight=False,
+        )
+        table = Table("window", "records", "promoted model", "candidate", "promoted", "run")
+        for w in stream.get("windows", []):
+            table.add_row(
+                str(w["index"]),
+                str(w["records"]),
+                _fmt(w.get("promoted")),
+                _fmt(w.get("candidate")),
+                "yes" if w.get("promote") else "",
+                w["run_id"],
+            )
+        console.print(table)
+
+
+@streams_app.command("stop")
+def stop(stream_id: str = typer.Argument(..., help="Stream id (kml streams list).")) -> None:
+    """Stop a stream: ticks no longer train it (its windows and models stay)."""
+    with friendly_errors():
+        _, registry = _registry()
+        stream, etag = registry.get_stream(stream_id)
+        registry.update_stream(stream_id, etag, status="stopped")
+        console.print(f"stream {stream_id}: stopped after {len(stream.get('windows', []))} windows")
