@@ -31,6 +31,19 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Known vulnerabilities in requirements.lock: exit 1 on any (pip-audit, or the package index's
+# own advisories where the OSV service is out of reach). AUDIT_IGNORE: ids documented in README.
+AUDIT_IGNORE ?=
+.PHONY: audit lock
+audit: install
+	$(BIN)/python -m kml.dev.audit requirements.lock $(foreach id,$(AUDIT_IGNORE),--ignore-vuln $(id))
+
+# Regenerate requirements.lock from pyproject.toml's pins (pip-tools, hashes, no index URLs).
+lock: install
+	$(BIN)/pip-compile -q --extra cli --extra train --extra infer --extra dev --generate-hashes \
+	  --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links \
+	  -o requirements.lock pyproject.toml
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .

@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ def read_pins(lock: Path) -> dict[str, str]:
 
 
 def run_pip_audit(lock: Path, ignore: list[str]) -> Report | None:
-    """``pip-audit`` over the lock file with OSV; None when it could not reach the service."""
+    """``pip-audit`` over the lock file with OSV; None when it gave no result (no service)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "audit.json"
         argv = [sys.executable, "-m", "pip_audit", "-r", str(lock), "--require-hashes"]
@@ -66,7 +67,7 @@ def run_pip_audit(lock: Path, ignore: list[str]) -> Report | None:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
         if not out.exists() or not out.read_text().strip():
             reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            print(f"pip-audit could not reach the OSV advisory service: {reason[:300]}")
+            print(f"pip-audit gave no result (OSV advisory service out of reach?): {reason[:300]}")
             return None
         return from_pip_audit(json.loads(out.read_text()))
 
@@ -117,20 +118,27 @@ def _held_back(requires_python: str | None) -> str:
             return f" (which needs Python {requires_python})"
     except InvalidSpecifier:
         pass
-    return " (held back by another pin's bound)"
+    return " (pinned below the latest release: a pin or another package's bound)"
 
 
 def fetch_project(name: str) -> dict[str, Any] | None:
     """The index's JSON record of one project (its base URL is pip's own default index)."""
     from pip._internal.models.index import PyPI  # the index pip installs from, as pip names it
 
-    try:
-        with urllib.request.urlopen(f"{PyPI.pypi_url}/{name}/json", timeout=60) as r:
-            return json.load(r)
-    except urllib.error.HTTPError as e:
-        if e.code == 404:
-            return None
-        raise
+    for attempt in range(3):
+        try:
+            with urllib.request.urlopen(f"{PyPI.pypi_url}/{name}/json", timeout=60) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return None
+            if attempt == 2 or e.code < 500:
+                raise
+        except (urllib.error.URLError, TimeoutError):
+            if attempt == 2:
+                raise
+        time.sleep(2**attempt)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

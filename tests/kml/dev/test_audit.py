@@ -28,7 +28,8 @@ def test_a_latest_pin_with_an_advisory_is_a_finding_unless_ignored_or_withdrawn(
     report = from_index(pins, projects.get, ignore=[])
     assert report.findings == ["a==1.0: GHSA-1 (2.0)"]
     assert report.not_audited == [
-        "c==8.0: the index lists advisories of 9.0 only (held back by another pin's bound)"
+        "c==8.0: the index lists advisories of 9.0 only (pinned below the latest release: a pin "
+        "or another package's bound)"
     ]
     assert from_index(pins, projects.get, ignore=["CVE-2026-1"]).findings == []
 
