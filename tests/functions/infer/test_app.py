@@ -228,9 +228,11 @@ def test_metrics_count_requests_errors_predictions_and_batches():
     with ThreadPoolExecutor(8) as pool:
         codes = list(
             pool.map(
-                lambda i: app.test_client()
-                .post("/v1/models/digits-1:predict", json={"instances": _x(i).tolist()})
-                .status_code,
+                lambda i: (
+                    app.test_client()
+                    .post("/v1/models/digits-1:predict", json={"instances": _x(i).tolist()})
+                    .status_code
+                ),
                 range(40),
             )
         )
@@ -279,9 +281,11 @@ def test_with_every_prediction_slot_blocked_on_kafka_the_next_request_is_503_at_
     with ThreadPoolExecutor(3) as pool:
         stuck = [
             pool.submit(
-                lambda i=i: app.test_client()
-                .post("/", data=_x(i).tobytes(), headers=_kafka_headers(0, i))
-                .status_code
+                lambda i=i: (
+                    app.test_client()
+                    .post("/", data=_x(i).tobytes(), headers=_kafka_headers(0, i))
+                    .status_code
+                )
             )
             for i in range(3)
         ]

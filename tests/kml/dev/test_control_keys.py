@@ -133,8 +133,10 @@ def test_every_one_byte_kafka_ml_id_reaches_its_deployment(stack, train_url, tmp
         produce(stack.kafka_bootstrap, KAFKA_ML_TOPIC, [{"value": value, "key": k} for k in keys])
         dead = _dead_letters(stack.kafka_bootstrap, dlq, len(keys))
         eventually(
-            lambda: committed(stack.kafka_bootstrap, f"kml-train-{unique}", KAFKA_ML_TOPIC)
-            == [len(keys)],
+            lambda: (
+                committed(stack.kafka_bootstrap, f"kml-train-{unique}", KAFKA_ML_TOPIC)
+                == [len(keys)]
+            ),
             what="every control message finished",
         )
     finally:
