@@ -8,9 +8,11 @@ import time
 
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from functions.train.online import should_promote
 from kafkaml.kafka import end_offsets, ensure_topic, follow
+from kml.cli import app
 from tests.functions.train.conftest import consume_all, digits
 
 pytestmark = pytest.mark.integration
@@ -71,7 +73,7 @@ def _mine(reply, stream_id: str) -> dict:
     return entry
 
 
-def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, unique):
+def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, unique, monkeypatch):
     settings, registry = harness.settings, harness.registry
     bootstrap = settings.kafka_bootstrap
     deployment = harness.deployment(deployment_id=str(200 + int(unique[:4], 16) % 50), epochs=2)
@@ -159,9 +161,29 @@ def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, un
         assert [e["data"]["model"] for e in promoted_events] == [
             f"{name}@{i}" for i in range(1, len(promotions) + 1)
         ]
+
+        # kml streams: lag, windows and their metrics, promotions; stop ends the ticks' work
+        for name, value in settings.to_env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("COLUMNS", "250")
+        _publish(bootstrap, topic, x[640:650], y[640:650])
+        runner = CliRunner()
+        shown = runner.invoke(app, ["streams", "show", sid])
+        assert shown.exit_code == 0, shown.output
+        assert "lag 10" in shown.output and f"{stream['promotions']} promotion(s)" in shown.output
+        assert all(w["run_id"] in shown.output for w in windows)
+        assert f"{windows[1]['candidate']:.4f}" in shown.output
+        listed = runner.invoke(app, ["streams", "list"])
+        assert listed.exit_code == 0 and sid in listed.output, listed.output
+        stopped = runner.invoke(app, ["streams", "stop", sid])
+        assert stopped.exit_code == 0, stopped.output
+        tick = _tick(harness, f"tick-stopped-{unique}")
+        assert tick.status == 200 and sid not in json.dumps(tick.body)  # stopped: not trained
+        assert len(registry.get_stream(sid)[0]["windows"]) == 3
     finally:
-        _, etag = registry.get_stream(sid)
-        registry.update_stream(sid, etag, status="stopped")
+        current, etag = registry.get_stream(sid)
+        if current["status"] == "open":
+            registry.update_stream(sid, etag, status="stopped")
 
 
 def test_a_stream_closes_after_its_timeout_without_data(harness, unique):
