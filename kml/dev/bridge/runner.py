@@ -66,8 +66,11 @@ class Bridge:
         rescan_interval_s: float = 2.0,
         fixed_urls: dict[str, str] | None = None,
         create_topics: bool = False,
+        tick_interval_s: float | None = None,
     ) -> None:
         self.settings = settings
+        self.tick_interval_s = tick_interval_s
+        """Seconds between ``kml.stream.tick`` posts to kml-train (the PingSource's part)."""
         self.create_topics = create_topics
         self._topics_ensured: set[str] = set()
         self.manifests_dir = Path(manifests_dir)
@@ -104,6 +107,24 @@ class Bridge:
         self.rescan()
         self._thread = threading.Thread(target=self._rescan_loop, name="bridge-rescan", daemon=True)
         self._thread.start()
+        if self.tick_interval_s:
+            threading.Thread(target=self._tick_loop, name="bridge-ticker", daemon=True).start()
+
+    def _tick_loop(self) -> None:
+        """Plays the PingSource ``kml-stream-tick``: a tick to train every interval."""
+        import urllib.request
+
+        from kafkaml.events import STREAM_TICK, new_event, to_http
+
+        url = self.fixed_urls["kml-train"]
+        while not self._stop.wait(self.tick_interval_s):
+            headers, body = to_http(new_event(STREAM_TICK, "/kml/dev/bridge/ticker", {}))
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.settings.request_timeout_s) as r:
+                    log.info("stream tick", extra={"fields": {"status": r.status}})
+            except OSError as e:  # train down or a window failed: the next tick tries again
+                log.warning("stream tick failed", extra={"fields": {"reason": str(e)[:200]}})
 
     def stop(self, grace_s: float = 5.0) -> None:
         self._stop.set()
@@ -254,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level)
-    bridge = Bridge(settings, args.manifests, create_topics=True)
+    tick_s = float(os.environ.get("KML_STREAM_TICK_S", "60"))
+    bridge = Bridge(settings, args.manifests, create_topics=True, tick_interval_s=tick_s)
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())

@@ -4,6 +4,7 @@ message as Kafka-ML's OnlineRawSink writes it."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -90,3 +91,45 @@ def test_bad_online_fields_are_named():
     text = "; ".join(e.value.problems)
     for field in ("topic:", "change:", "stream_timeout:", "improvement:"):
         assert field in text
+
+
+def test_the_local_bridge_ticks_train_like_the_pingsource(tmp_path):
+    """The bridge's ticker posts a ``kml.stream.tick`` CloudEvent to kml-train every interval."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kafkaml.events import STREAM_TICK, parse_http
+    from kafkaml.settings import Settings
+    from kml.dev.bridge.runner import Bridge
+
+    received = []
+
+    class Train(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received.append(parse_http(dict(self.headers), body))
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Train)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings.from_env().replace(state_dir=str(tmp_path))
+        url = f"http://127.0.0.1:{server.server_port}"
+        bridge = Bridge(settings, fixed_urls={"kml-train": url}, tick_interval_s=0.2)
+        ticker = threading.Thread(target=bridge._tick_loop, daemon=True)
+        ticker.start()
+        deadline = time.monotonic() + 10
+        while len(received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bridge._stop.set()
+        ticker.join(5)
+    finally:
+        server.shutdown()
+    assert len(received) >= 2
+    assert {e.type for e in received} == {STREAM_TICK}
+    assert len({e.id for e in received}) == len(received)  # each tick is a new event
