@@ -112,6 +112,7 @@ def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, un
         _publish(bootstrap, topic, x[240:440], y[240:440])
         tick = f"tick-1-{unique}"
         w1 = _mine(_tick(harness, tick), sid)["window"]
+        after_w1, _ = registry.get_stream(sid)
         _publish(bootstrap, topic, x[440:640], y[440:640])
         redelivered = _mine(_tick(harness, tick), sid)  # same tick again: only the new records
         w2 = redelivered["window"]
@@ -161,6 +162,21 @@ def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, un
         assert [e["data"]["model"] for e in promoted_events] == [
             f"{name}@{i}" for i in range(1, len(promotions) + 1)
         ]
+
+        # the window's run is durable but the stream's commit was lost (a crash between the
+        # two): the next tick finds the run, trains nothing, and commits the same window
+        run2, _ = registry.get_run(w2["run_id"])
+        _, etag = registry.get_stream(sid)
+        lost = {k: after_w1[k] for k in ("cursor", "windows", "promoted", "promotions")}
+        registry.update_stream(sid, etag, **lost)
+        replayed = _mine(_tick(harness, f"tick-replay-{unique}"), sid)["window"]
+        assert replayed["run_id"] == w2["run_id"] and replayed["ranges"] == w2["ranges"]
+        assert registry.get_run(w2["run_id"])[0]["updated"] == run2["updated"]  # not retrained
+        again_stream, _ = registry.get_stream(sid)
+        assert again_stream["cursor"] == stream["cursor"]
+        assert [w["run_id"] for w in again_stream["windows"]] == [w["run_id"] for w in windows]
+        assert again_stream["promoted"]["model"] == stream["promoted"]["model"]
+        assert registry.list_model_versions(name) == list(range(1, len(promotions) + 1))
 
         # kml streams: lag, windows and their metrics, promotions; stop ends the ticks' work
         for name, value in settings.to_env().items():
