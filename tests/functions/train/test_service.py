@@ -140,7 +140,12 @@ def test_kafka_down_fails_the_run_as_transient_and_answers_503(world):
 def test_an_unknown_event_type_names_the_accepted_ones_and_stop_closes_the_publisher(world):
     status, body = world.post(events.MODEL_REGISTER, {"name": "x"})
     assert status == 400
-    assert body["accepted"] == [events.KAFKA_EVENT, events.TRAINING_REQUEST]
+    assert body["accepted"] == [
+        events.KAFKA_EVENT,
+        events.TRAINING_REQUEST,
+        events.STREAM_TICK,
+        events.PING_EVENT,
+    ]
     assert "not 'kml.model.register'" in body["error"]
     function_of(world.app).stop()
     assert world.publisher.closed
