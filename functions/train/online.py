@@ -20,18 +20,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from functions.train import dataset
 from functions.train.artifacts import save_artifacts
 from functions.train.service import RunFailed, Trainer, UnknownDeployment
-from functions.train.training import build_model, compile_model, train_model
+from functions.train.training import train_model
+from functions.train.windows import (
+    metric_key,
+    score,
+    should_promote,
+    stream_id_for,
+    window_ranges,
+)
 from kafkaml import events
 from kafkaml.errors import Conflict, KmlError, NotFound, ValidationFailed
 from kafkaml.kafka import end_offsets
 from kafkaml.wire import ControlMessage, OffsetRange
 from storage.objects import PreconditionFailed
-from storage.records import KERAS_FILE, Model
+from storage.records import KERAS_FILE
 from storage.specs import Deployment
 
 log = logging.getLogger("kml.train.online")
@@ -43,51 +48,6 @@ DEFAULT_HELD_OUT = 0.2
 trained on."""
 
 EndOffsets = Callable[[str], dict[int, int]]
-
-
-def stream_id_for(deployment_id: str, topic: str) -> str:
-    """One stream per deployment and topic: a redelivered control message finds it."""
-    return "stream-" + hashlib.sha256(f"{deployment_id}\n{topic}".encode()).hexdigest()[:16]
-
-
-def metric_key(monitoring_metric: str) -> str:
-    """Kafka-ML names validation metrics ``val_<name>``; scores on held-out data are ``<name>``."""
-    return monitoring_metric[4:] if monitoring_metric.startswith("val_") else monitoring_metric
-
-
-def should_promote(
-    candidate: float | None, promoted: float | None, change: str, improvement: float
-) -> bool:
-    """Kafka-ML's rule: better than the promoted model by ``improvement`` in direction ``change``.
-
-    The first window (nothing promoted yet) promotes; a candidate without a score never does.
-    """
-    if candidate is None or not np.isfinite(candidate):
-        return False
-    if promoted is None or not np.isfinite(promoted):
-        return True
-    if change == "up":
-        return candidate >= promoted + improvement
-    return candidate <= promoted - improvement
-
-
-def window_ranges(
-    topic: str, cursor: dict[str, int], ends: dict[int, int], limit: int | None
-) -> list[OffsetRange]:
-    """``[cursor, end)`` per partition with new records, at most ``limit`` records in all."""
-    out: list[OffsetRange] = []
-    left = limit
-    for partition in sorted(ends):
-        start, end = int(cursor.get(str(partition), 0)), int(ends[partition])
-        if end <= start:
-            continue
-        if left is not None:
-            end = min(end, start + left)
-            left -= end - start
-        out.append(OffsetRange(topic, partition, start, end))
-        if left == 0:
-            break
-    return out
 
 
 @dataclass
@@ -199,10 +159,6 @@ class OnlineTrainer:
         run_id = "run-" + hashlib.sha256(f"{stream_id}\n{msg.topic}".encode()).hexdigest()[:20]
         run = self._window_run(stream, msg, run_id)
         return self._commit(stream_id, stream, etag, ranges, run)
-
-    def stop(self, stream_id: str) -> dict[str, Any]:
-        stream, etag = self.registry.get_stream(stream_id)
-        return self.registry.update_stream(stream_id, etag, status="stopped")[0]
 
     # -- one window -----------------------------------------------------------------------------
     def _window_message(self, stream: dict[str, Any], ranges: list[OffsetRange]) -> ControlMessage:
@@ -442,24 +398,3 @@ class OnlineTrainer:
             )
         except KmlError as e:  # the pointer moved durably; only the notice is lost
             log.warning("promoted event not published", extra={"fields": {"reason": e.message}})
-
-
-def score(
-    record: dict[str, Any],
-    stored_deployment: dict[str, Any],
-    held_out: dataset.Split,
-    load: Callable[[str, str], None],
-) -> dict[str, float]:
-    """The model of ``record`` scored as it is on ``held_out`` (the promoted model's test)."""
-    model_record = Model.from_dict(record)
-    deployment = Deployment.from_dict(stored_deployment)
-    model = build_model(model_record, load)
-    compile_model(model, model_record.name, model_record.compile, deployment.learning_rate)
-    scores = model.evaluate(
-        held_out.x.astype(np.float32, copy=False),
-        held_out.y,
-        batch_size=deployment.batch_size,
-        verbose=0,
-        return_dict=True,
-    )
-    return {k: float(v) for k, v in scores.items()}

@@ -10,7 +10,7 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
-from functions.train.online import should_promote
+from functions.train.windows import should_promote
 from kafkaml.kafka import end_offsets, ensure_topic, follow
 from kml.cli import app
 from tests.functions.train.conftest import consume_all, digits

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from functions.train.online import metric_key, should_promote, window_ranges
+from functions.train.windows import metric_key, should_promote, window_ranges
 from kafkaml.wire import InvalidControlMessage, OffsetRange, parse_control_message
 
 ONLINE = {
