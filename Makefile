@@ -6,7 +6,7 @@ VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kml-installed
 
-.PHONY: install stack demo test lint format bench clean
+.PHONY: install stack demo test lint format bench clean images test-images
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo: stack
 
 test: stack
 	$(BIN)/python -m pytest
+
+# The three function images (buildah, vfs, chroot isolation; caches under KML_CACHE_DIR/images).
+images: install
+	$(BIN)/python -m kml.dev.images build
+
+# The images started against the real local stack (marker `images`, left out of `make test`).
+test-images: images stack
+	$(BIN)/python -m pytest -m images -s tests/images
 
 lint: install
 	$(BIN)/lint-imports
