@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Self
 
 from kafkaml.errors import Conflict, KmlError, ValidationFailed
+from kafkaml.parsing import is_digits
 from kafkaml.wire import ID_RE
 
 SCHEMA_VERSION = 1
@@ -27,7 +28,7 @@ RUN_STATES = (CLAIMED, RUNNING, SUCCEEDED, FAILED)
 TERMINAL = frozenset({SUCCEEDED, FAILED})
 _TRANSITIONS: dict[str, frozenset[str]] = {
     CLAIMED: frozenset({CLAIMED, RUNNING, FAILED}),
-    RUNNING: frozenset({RUNNING, SUCCEEDED, FAILED}),
+    RUNNING: frozenset({CLAIMED, RUNNING, SUCCEEDED, FAILED}),  # claimed: a lapsed lease taken over
     SUCCEEDED: frozenset(),
     FAILED: frozenset({CLAIMED, RUNNING}),  # only when the failure was not permanent
 }
@@ -123,7 +124,7 @@ class ModelRef:
         check_name("model", name)
         if not sep:
             return cls(name)
-        if not ver.isdigit() or int(ver) < 1:
+        if not is_digits(ver) or int(ver) < 1:
             raise ValidationFailed(
                 "invalid model ref", [f"model ref {ref!r}: version must be a positive integer"]
             )

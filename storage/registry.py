@@ -22,52 +22,47 @@ datasource (``datasources/<id>.json``, immutable)
     whatever the train function keeps of an accepted control message (free form).
 run (``runs/<run-id>/status.json``; claimed -> running -> succeeded | failed)
     run_id, deployment_id, datasource_id, status, reason, permanent (bool), models
-    ({name: {metrics, artifacts}}), created, updated; extra fields are kept. A failed run that
-    is not ``permanent`` may be claimed again (a redelivery retries it).
+    ({name: {metrics, artifacts}}), created, updated; extra fields are kept (the train function
+    keeps attempt, lease_expires, ...). A failed run that is not ``permanent`` may be claimed
+    again (a redelivery retries it), and so may a claimed or running one whose lease lapsed;
+    :meth:`Registry.reopen_run` makes a failed run retryable again (``kml runs retry``).
 inference (``inference/<id>.json``, manifests at ``inference/<id>.yaml``)
     id, run_id, model, input_format (RAW | AVRO | JSON), input_config, input_topic,
     output_topic, min_scale, max_scale, target_concurrency, created; image when chosen.
 event (``events/<sha256(source, id)>.json``)
-    source, id, type, answer: the record a create event produced, so that a redelivered event
-    (KafkaSource delivers at least once) gets the same answer instead of a second version.
+    source, id, type, state, expires, answer. Claimed with a conditional create BEFORE the
+    event is handled (state ``pending`` until ``expires``), then ``done`` with the answer: the
+    record the create produced, so that a redelivered event (KafkaSource delivers at least once)
+    gets the same answer instead of a second version, even while the first delivery is still
+    being handled. A failed handling sets ``released``; a released claim, or a pending one whose
+    handler died (``expires`` passed), is taken over by the next delivery (If-Match).
 """
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from typing import Any
 
 from kafkaml.errors import Conflict, NotFound, ValidationFailed
+from kafkaml.parsing import is_digits
+from storage.delivered import EVENT_DONE, EVENT_PENDING, EVENT_RELEASED, EventRecords, event_state
 from storage.objects import ObjectStore, PreconditionFailed
-from storage.records import (
-    CLAIMED,
-    ModelRef,
-    check_name,
-    check_schema_version,
-    check_transition,
-    now_iso,
-    same_content,
-    stamped,
-)
+from storage.records import ModelRef, check_name, same_content, stamped
+from storage.runs import RunRecords
 from storage.specs import Deployment, InferenceSpec
+
+__all__ = ["EVENT_DONE", "EVENT_PENDING", "EVENT_RELEASED", "Registry", "event_state"]
 
 _CREATE_ATTEMPTS = 20
 
 
-class Registry:
-    """Models, configurations, deployments, datasources, runs and inference specs."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self._store = store
+class Registry(RunRecords, EventRecords):
+    """Models, configurations, deployments, datasources, runs, streams, inference specs and
+    delivered events (runs and streams in ``storage.runs``, events in ``storage.delivered``)."""
 
     @classmethod
     def from_settings(cls, settings) -> Registry:
         return cls(ObjectStore.from_settings(settings))
-
-    @property
-    def store(self) -> ObjectStore:
-        return self._store
 
     def ensure_ready(self) -> None:
         """Create the bucket if missing; ``Unavailable`` when storage does not answer."""
@@ -135,7 +130,7 @@ class Registry:
     def list_model_versions(self, name: str) -> list[int]:
         check_name("model", name)
         dirs = self._store.list_dirs(f"models/{name}/")
-        return sorted(int(d) for d in dirs if d.isdigit())
+        return sorted(int(d) for d in dirs if is_digits(d))
 
     def list_models(self) -> list[dict[str, Any]]:
         """The latest record of every model, with ``versions`` (all its version numbers)."""
@@ -202,7 +197,7 @@ class Registry:
             taken = [
                 int(k[12:-5])
                 for k in self._store.list("deployments/")
-                if k.endswith(".json") and k[12:-5].isdigit()
+                if k.endswith(".json") and is_digits(k[12:-5])
             ]
             new_id = str(max(taken, default=0) + 1)
             out = stamped(record, id=new_id, models=refs, configuration=config)
@@ -252,90 +247,6 @@ class Registry:
     def list_datasources(self) -> list[dict[str, Any]]:
         return self._read_all("datasources/")
 
-    # -- runs ---------------------------------------------------------------------------------
-    def claim_run(self, run_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create the run as ``claimed``; ``(existing, False)`` when it already exists."""
-        check_name("run id", run_id)
-        now = now_iso()
-        out = stamped(record, run_id=run_id, status=CLAIMED, created=now, updated=now)
-        out.setdefault("permanent", False)
-        try:
-            self._store.put_json(self._run_key(run_id), out, if_none_match=True)
-            return out, True
-        except PreconditionFailed:
-            return self.get_run(run_id)[0], False
-
-    def get_run(self, run_id: str) -> tuple[dict[str, Any], str]:
-        check_name("run id", run_id)
-        key = self._run_key(run_id)
-        try:
-            value, etag = self._store.get_json(key)
-        except NotFound:
-            raise NotFound(f"no run {run_id!r}", run_id=run_id) from None
-        return check_schema_version(key, value), etag
-
-    def update_run(self, run_id: str, etag: str, **changes: Any) -> tuple[dict[str, Any], str]:
-        """Apply ``changes`` if the run is still at ``etag`` and the status change is legal."""
-        current, current_etag = self.get_run(run_id)
-        if current_etag != etag:
-            raise PreconditionFailed(f"run {run_id} changed since it was read", key=run_id)
-        if "status" in changes:
-            check_transition(run_id, current, changes["status"])
-        elif current.get("status") in ("succeeded", "failed"):
-            raise Conflict(f"run {run_id} is {current['status']} and cannot change", run_id=run_id)
-        changes.pop("run_id", None)
-        new = {**current, **changes, "updated": now_iso()}
-        new_etag = self._store.put_json(self._run_key(run_id), new, if_match=etag)
-        return new, new_etag
-
-    def run_artifact_key(self, run_id: str, model_name: str, filename: str) -> str:
-        check_name("run id", run_id)
-        check_name("model", model_name)
-        check_name("artifact", filename)
-        return f"runs/{run_id}/{model_name}/{filename}"
-
-    def list_runs(self) -> list[dict[str, Any]]:
-        out = []
-        for run_id in self._store.list_dirs("runs/"):
-            try:
-                out.append(self.get_run(run_id)[0])
-            except NotFound:
-                continue  # artifacts without a status (being written): not a run yet
-        return out
-
-    # -- online streams (``streams/<id>.json``; created once, then updated with If-Match) -----
-    def create_stream(self, stream_id: str, record: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create the stream record; ``(existing, False)`` when it already exists."""
-        check_name("stream id", stream_id)
-        now = now_iso()
-        out = stamped(record, id=stream_id, created=now, updated=now)
-        try:
-            self._store.put_json(f"streams/{stream_id}.json", out, if_none_match=True)
-            return out, True
-        except PreconditionFailed:
-            return self.get_stream(stream_id)[0], False
-
-    def get_stream(self, stream_id: str) -> tuple[dict[str, Any], str]:
-        check_name("stream id", stream_id)
-        key = f"streams/{stream_id}.json"
-        try:
-            value, etag = self._store.get_json(key)
-        except NotFound:
-            raise NotFound(f"no stream {stream_id!r}", stream_id=stream_id) from None
-        return check_schema_version(key, value), etag
-
-    def update_stream(
-        self, stream_id: str, etag: str, **changes: Any
-    ) -> tuple[dict[str, Any], str]:
-        """Apply ``changes`` if the stream is still at ``etag``; else ``PreconditionFailed``."""
-        current, _ = self.get_stream(stream_id)
-        changes.pop("id", None)
-        new = {**current, **changes, "updated": now_iso()}
-        return new, self._store.put_json(f"streams/{stream_id}.json", new, if_match=etag)
-
-    def list_streams(self) -> list[dict[str, Any]]:
-        return self._read_all("streams/")
-
     # -- inference specs ----------------------------------------------------------------------
     def create_inference(self, record: dict[str, Any]) -> dict[str, Any]:
         missing = [f"{f}: required" for f in InferenceSpec.stored_fields() if f not in record]
@@ -364,61 +275,11 @@ class Registry:
     def list_inference(self) -> list[dict[str, Any]]:
         return self._read_all("inference/")
 
-    # -- delivered events (at-least-once delivery must not create twice) -----------------------
-    def find_event(self, source: str, event_id: str) -> dict[str, Any] | None:
-        """The remembered answer to the CloudEvent ``(source, id)``, or None."""
-        try:
-            return self._read(self._event_key(source, event_id))
-        except NotFound:
-            return None
-
-    def remember_event(
-        self, source: str, event_id: str, event_type: str, answer: dict[str, Any]
-    ) -> None:
-        """Keep the answer to ``(source, id)`` so a redelivery gets it instead of a new record."""
-        record = stamped({"source": source, "id": event_id, "type": event_type, "answer": answer})
-        try:
-            self._store.put_json(self._event_key(source, event_id), record, if_none_match=True)
-        except PreconditionFailed:
-            pass  # a concurrent delivery of the same event remembered it first
-
-    @staticmethod
-    def _event_key(source: str, event_id: str) -> str:
-        digest = hashlib.sha256(f"{source}\n{event_id}".encode()).hexdigest()[:32]
-        return f"events/{digest}.json"
-
     # -- plumbing -----------------------------------------------------------------------------
     @staticmethod
     def _model_key(name: str, version: int) -> str:
         return f"models/{name}/{version}/model.json"
 
     @staticmethod
-    def _run_key(run_id: str) -> str:
-        return f"runs/{run_id}/status.json"
-
-    @staticmethod
     def _manifests_key(inference_id: str) -> str:
         return f"inference/{check_name('inference id', inference_id)}.yaml"
-
-    def _create(self, key: str, record: dict[str, Any], what: str) -> None:
-        try:
-            self._store.put_json(key, record, if_none_match=True)
-        except PreconditionFailed:
-            raise Conflict(f"{what} already exists", key=key) from None
-
-    def _read(self, key: str, missing: str | None = None) -> dict[str, Any]:
-        try:
-            value, _ = self._store.get_json(key)
-        except NotFound:
-            raise NotFound(missing or f"no record {key!r}", key=key) from None
-        return check_schema_version(key, value)
-
-    def _read_all(self, prefix: str) -> list[dict[str, Any]]:
-        out = []
-        for key in self._store.list(prefix):
-            if key.endswith(".json") and "/" not in key[len(prefix) :]:
-                try:
-                    out.append(self._read(key))
-                except NotFound:
-                    continue
-        return out

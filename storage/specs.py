@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from kafkaml.manifests import EVENT, MODES, SERVICE_PREFIX, Scaling
+from kafkaml.parsing import is_digits
 from kafkaml.wire import FORMATS, TOPIC_RE
 from storage.records import Record, int_problem, is_int, name_problem, refs_problems
 
@@ -51,7 +52,7 @@ def keyword_problems(field: str, kwargs: Any, allowed: Mapping[str, int | None])
             problems.append(f"{field}.{key}: not allowed (allowed: {', '.join(sorted(allowed))})")
         elif allowed[key] is None:  # class_weight
             if not isinstance(value, dict) or not all(
-                str(k).isdigit() and isinstance(w, (int, float)) and not isinstance(w, bool)
+                is_digits(str(k)) and isinstance(w, (int, float)) and not isinstance(w, bool)
                 for k, w in value.items()
             ):
                 problems.append(f"{field}.{key}: must map class indices to numbers")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from kafkaml.errors import ValidationFailed
+from kafkaml.parsing import is_digits
 from kafkaml.web import json_response
 from storage.registry import Registry
 
@@ -23,7 +24,7 @@ def read_api(registry: Registry) -> Blueprint:
 
     @api.get("/models/<name>/<version>")
     def model_version(name: str, version: str) -> Response:
-        if not version.isdigit():
+        if not is_digits(version):
             raise ValidationFailed("invalid version", [f"version: {version!r} is not a number"])
         return json_response(registry.get_model(name, int(version)))
 

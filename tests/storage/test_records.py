@@ -7,10 +7,21 @@ import dataclasses
 import pytest
 
 from functions.register import schemas
-from kafkaml.errors import ValidationFailed
+from kafkaml.errors import Conflict, ValidationFailed
 from kafkaml.manifests import render_inference_manifests
 from kafkaml.settings import Settings
-from storage.records import Configuration, Datasource, Model, Run
+from storage.records import (
+    CLAIMED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    Configuration,
+    Datasource,
+    Model,
+    ModelRef,
+    Run,
+    check_transition,
+)
 from storage.specs import FIT_KEYWORDS, Deployment, InferenceSpec
 
 STORED_MODEL = {
@@ -218,3 +229,26 @@ def test_configuration_event_is_checked_by_its_record():
     problems = Configuration.problems({"name": "", "models": [], "requested": ["a"]})
     assert [p.split(":")[0] for p in problems] == ["requested", "name", "models"]
     assert Configuration.parse({"name": "c", "models": ["a"]}).models == ("a",)
+
+
+@pytest.mark.parametrize("ref", ["m@²", "m@٣", "m@1²", "m@ 1", "m@-1", "m@0"])
+def test_a_model_ref_whose_version_is_not_ascii_digits_is_422_naming_it(ref):
+    with pytest.raises(ValidationFailed) as e:
+        ModelRef.parse(ref)
+    assert e.value.problems == [f"model ref {ref!r}: version must be a positive integer"]
+    assert [p.split(":")[0] for p in Deployment.problems({"models": [ref]})] == ["models[0]"]
+
+
+def test_a_class_weight_index_that_is_not_ascii_digits_is_refused_naming_it():
+    problems = Deployment.problems({"models": ["m"], "fit_kwargs": {"class_weight": {"²": 2.0}}})
+    assert problems == ["fit_kwargs.class_weight: must map class indices to numbers"]
+    assert Deployment.problems({"models": ["m"], "fit_kwargs": {"class_weight": {"2": 2.0}}}) == []
+
+
+def test_a_running_run_whose_lease_lapsed_may_be_claimed_again_a_permanent_failure_may_not():
+    check_transition("r", {"status": RUNNING}, CLAIMED)  # a redelivery takes the run over
+    check_transition("r", {"status": FAILED, "permanent": False}, CLAIMED)
+    with pytest.raises(Conflict):
+        check_transition("r", {"status": FAILED, "permanent": True}, CLAIMED)
+    with pytest.raises(Conflict):
+        check_transition("r", {"status": SUCCEEDED}, CLAIMED)
