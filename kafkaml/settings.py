@@ -116,6 +116,14 @@ class Settings:
     register_validate_timeout_s: float = 180.0
     """Register: how long one model's validation child may take (Keras import included); past
     it the child and its process group are killed and the registration is answered 503."""
+    register_event_hold_s: float = 240.0
+    """Register: how long a delivery's claim on a CloudEvent (source, id) holds while it is being
+    handled; a duplicate meanwhile waits or is told to retry later (409). A claim whose handler
+    died lapses after this, so a later redelivery handles the event. Kept above
+    ``register_validate_timeout_s``: a live handler always finishes within its claim."""
+    register_event_wait_s: float = 20.0
+    """Register: how long a duplicate delivery waits for the first delivery's answer before it
+    answers 409 (retried). Kept below the models KafkaSource's 30 s delivery timeout."""
     register_keras_member_max_bytes: int = 64 * 1024 * 1024
     """Register: largest uncompressed size of a ``.keras`` archive's weights member, declared in
     its zip header and as read (the HDF5 datasets' declared sizes together too); 422 above."""

@@ -3,22 +3,32 @@
 :func:`handle_event` is the whole of ``POST /``: the event's type picks the create function, a
 redelivered event (same source and id) gets the first answer again (200) instead of a second
 record, a new one gets the stored record (201); both as the matching ``*.created`` CloudEvent.
+
+The event is claimed (a conditional create of its event record) BEFORE it is handled, so a
+duplicate delivered while the first is still being validated finds the claim: it waits for the
+first answer (bounded by ``register_event_wait_s``) and returns it, or answers 409 (retried).
+A failed handling gives the claim back; a handler that died leaves a claim that lapses after
+``register_event_hold_s``. Never two records for one event.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from functions.register import schemas, validator
 from kafkaml import events
-from kafkaml.errors import Conflict, NotFound, ValidationFailed
+from kafkaml.codecs import InvalidControlMessage, codec_for
+from kafkaml.errors import Conflict, InvalidEvent, NotFound, ValidationFailed
 from kafkaml.events import Event
 from kafkaml.manifests import render_inference_manifests, to_yaml
 from kafkaml.settings import Settings
 from kafkaml.web import unknown_event_type
-from storage.registry import Registry
+from storage.registry import EVENT_DONE, Registry, event_state
 
+log = logging.getLogger("kml.register")
 SOURCE = "/kml/register"
 """The ``source`` of register's answers."""
 
@@ -30,14 +40,56 @@ def handle_event(registry: Registry, settings: Settings, event: Event) -> tuple[
     if event.type not in ROUTES:
         raise unknown_event_type("register", event.type, ROUTES)
     answer_type, create = ROUTES[event.type]
-    seen = registry.find_event(event.source, event.id)
-    if seen is not None and seen.get("type") == event.type:
+    seen, etag = _claim(registry, settings, event)
+    if etag is None:
         record, status = seen["answer"], 200  # a redelivery: the first answer again
     else:
-        record, status = create(registry, settings, event.json()), 201
-        registry.remember_event(event.source, event.id, event.type, record)
+        try:
+            record = create(registry, settings, event.json())
+        except BaseException as e:  # not handled: the next delivery handles it again
+            registry.release_event(event.source, event.id, etag, f"{type(e).__name__}: {e}")
+            raise
+        status = 201
+        if not registry.finish_event(event.source, event.id, etag, record):
+            log.warning(
+                "event answered after its claim lapsed",
+                extra={"fields": {"event": event.id, "source": event.source}},
+            )
     subject = str(record.get("id") or record.get("name") or event.id)
     return events.new_event(answer_type, SOURCE, record, subject=subject), status
+
+
+def _claim(
+    registry: Registry, settings: Settings, event: Event
+) -> tuple[dict[str, Any], str | None]:
+    """The event's claim (``etag`` set: handle it) or its first answer (``etag`` None).
+
+    While another delivery holds the claim, wait for its answer up to ``register_event_wait_s``,
+    then 409 (retried; the claim lapses if that delivery died).
+    """
+    deadline = time.monotonic() + settings.register_event_wait_s
+    delay = 0.05
+    while True:
+        seen, etag = registry.claim_event(
+            event.source, event.id, event.type, settings.register_event_hold_s
+        )
+        if etag is not None or event_state(seen) == EVENT_DONE:
+            break
+        if time.monotonic() >= deadline:
+            raise Conflict(
+                f"event {event.id!r} from {event.source!r} is being handled by another "
+                "delivery; retry later",
+                event_id=event.id,
+            )
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 1.0)
+    if etag is None and seen.get("type") != event.type:
+        raise InvalidEvent(
+            f"event id {event.id!r} from {event.source!r} was already used by a "
+            f"{seen.get('type')} event (a CloudEvent's source and id identify it)",
+            event_id=event.id,
+        )
+    return seen, etag
 
 
 def register_model(registry: Registry, data: Any) -> dict[str, Any]:
@@ -114,6 +166,7 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
         )
     model = _pick_model(run, data.get("model"))
     input_format, input_config = _input_of(registry, run, data)
+    _check_input(input_format, input_config)
     spec = {
         "run_id": data["run_id"],
         "model": model,
@@ -185,6 +238,17 @@ def _input_of(
             ["input_format / input_config: not given and the run's datasource has none"],
         )
     return fmt, config
+
+
+def _check_input(input_format: Any, input_config: Any) -> None:
+    """422 naming every field of an input config that no inference codec takes (checked here,
+    or each record sent to the service would be answered 503 while it tried to load)."""
+    if not isinstance(input_config, dict):
+        raise ValidationFailed("invalid inference input", ["input_config: must be an object"])
+    try:
+        codec_for(str(input_format), input_config)  # labels optional: inference decodes none
+    except InvalidControlMessage as e:
+        raise ValidationFailed("invalid inference input", e.problems) from None
 
 
 ROUTES: dict[str, tuple[str, Create]] = {
