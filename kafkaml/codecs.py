@@ -49,7 +49,7 @@ def _dtype(config: dict[str, Any], name: str, problems: list[str], default: str 
         return None
     try:
         dtype = np.dtype(value) if isinstance(value, str) else None
-    except TypeError:
+    except Exception:  # NumPy's dtype parser raises TypeError, ValueError, SyntaxError, ...
         dtype = None
     if dtype is None or dtype.kind not in _NUMERIC_KINDS:
         problems.append(
@@ -179,6 +179,8 @@ def _to_array(
 ) -> np.ndarray:
     """One ``np.asarray`` when the rows are regular; else per record, naming the bad one."""
     n = len(rows)
+    if n == 0:
+        return np.empty((0, *(shape or (0,))), dtype=dtype)
     try:
         arr: np.ndarray | None = np.asarray(rows, dtype=dtype)
     except (ValueError, TypeError):

@@ -65,9 +65,16 @@ class Deployment:
 
 
 def deploy(
-    stack: Settings, digits: Digits, cache_dir: Path, *, tflite: bool, partitions: int = 3
+    stack: Settings,
+    digits: Digits,
+    cache_dir: Path,
+    *,
+    tflite: bool,
+    partitions: int = 3,
+    create_topics: bool = True,
 ) -> Deployment:
-    """Upload the run's artifacts, create the inference spec and its topics."""
+    """Upload the run's artifacts, create the inference spec and (unless told not to) its
+    topics."""
     unique = uuid.uuid4().hex[:8]
     registry = Registry.from_settings(stack)
     registry.ensure_ready()
@@ -95,9 +102,10 @@ def deploy(
     settings = stack.replace(
         inference_id=spec["id"], dlq_topic=f"dlq-{unique}", model_cache_dir=str(cache_dir)
     )
-    ensure_topic(stack.kafka_bootstrap, spec["input_topic"], partitions)
-    ensure_topic(stack.kafka_bootstrap, spec["output_topic"], partitions)
-    ensure_topic(stack.kafka_bootstrap, settings.dlq_topic, 1)
+    if create_topics:
+        ensure_topic(stack.kafka_bootstrap, spec["input_topic"], partitions)
+        ensure_topic(stack.kafka_bootstrap, spec["output_topic"], partitions)
+        ensure_topic(stack.kafka_bootstrap, settings.dlq_topic, 1)
     return Deployment(settings, spec)
 
 
