@@ -149,10 +149,14 @@ def test_overlays_point_settings_at_the_in_cluster_kafka_and_minio():
 
 
 def test_containerfiles_keep_tensorflow_out_of_infer():
+    """Each image installs its own extra and fails its build if a forbidden module imports."""
     images = KNATIVE / "images"
-    assert '".[train]"' in (images / "train.Containerfile").read_text()
+    train = (images / "train.Containerfile").read_text()
+    assert "install.sh train " in train and "COPY kml" not in train
     infer = (images / "infer.Containerfile").read_text()
-    assert '".[infer]"' in infer and ".[train]" not in infer
+    assert "install.sh infer tensorflow kml typer rich requests" in infer
+    assert "train" not in infer.split("install.sh", 1)[1].splitlines()[0]
+    assert "COPY kml" not in infer and "COPY functions/infer" in infer
     assert "functions.register.app:create_app()" in (images / "register.Containerfile").read_text()
 
 
