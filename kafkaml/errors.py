@@ -61,6 +61,18 @@ class InvalidEvent(BadRequest):
     kind = "invalid_event"
 
 
+class Unauthorized(KmlError):
+    """No bearer token, or one no function knows (never retried: the caller must fix it)."""
+
+    status, kind = 401, "unauthorized"
+
+
+class Forbidden(KmlError):
+    """A known token without the scope the route or the CloudEvent type needs."""
+
+    status, kind = 403, "forbidden"
+
+
 class NotFound(KmlError):
     status, kind = 404, "not_found"
 

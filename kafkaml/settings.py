@@ -46,8 +46,9 @@ class Settings:
     """Dead-letter topic: records that could not be processed, with the reason."""
     namespace: str = "default"
     """Kubernetes namespace the functions run in (used in event sources and manifests)."""
-    max_body_bytes: int = 32 * 1024 * 1024
-    """Largest request body a function accepts (413 above)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Largest request body register, train and the dashboard accept (413 above, naming this
+    setting); infer has its own, ``infer_max_body_bytes``."""
     request_timeout_s: float = 600.0
     """Knative's request timeout; training that cannot fit must use the JobSink route."""
     kafka_timeout_s: float = 30.0
@@ -98,7 +99,8 @@ class Settings:
     set, an inference deployment's manifests carry a ``KafkaTopic`` for its input and output
     topics; when empty, those topics must exist before the KafkaSource can become ready."""
     infer_image: str = "kml/infer:0.1.0"
-    """Container image of the inference Services register renders (an event may name another)."""
+    """Container image of the inference Services register renders (a spec may name another of
+    ``infer_images``)."""
     train_port: int = 8082
     """Local stack: the train function."""
     dashboard_port: int = 8083
@@ -130,6 +132,57 @@ class Settings:
     register_keras_config_max_bytes: int = 8 * 1024 * 1024
     """Register: largest uncompressed size of a ``.keras`` archive's ``config.json`` and
     ``metadata.json``, declared and as read (a zip bomb stops here); 422 above."""
+    auth: str = "on"
+    """``on``: every call but the health probes and ``/metrics`` carries a bearer token the
+    function knows (401 without, 403 without the scope). ``off`` admits anyone: for a unit test
+    of the switch only, never a deployment."""
+    auth_tokens_file: str = ""
+    """The hashed tokens a function admits: JSON ``{sha256(token): {"name", "scopes"}}`` (on a
+    cluster the Secret ``kml-tokens`` mounted as a file; ``kml dev up`` writes
+    ``<state_dir>/auth/tokens.json``). Re-read when it changes. Empty: no token is admitted."""
+    auth_token: str = field(default="", repr=False)
+    """The bearer token this process sends (the CLI, the demo, the dashboard to register, the
+    local bridge's deliveries); empty: the local stack's ``<state_dir>/auth/admin.token``.
+    Never logged, never in an error body."""
+    auth_data_plane: str = "token"
+    """How ``POST /`` deliveries from KafkaSource are admitted: ``token`` (a bearer token with
+    scope ``deliver``, as the local bridge sends), ``network`` (without a token: only the
+    NetworkPolicy, which admits Knative's namespaces alone, vouches for the sender) or ``oidc``
+    (Knative Eventing's OIDC sender token, a JWT checked against ``auth_oidc_*``)."""
+    auth_oidc_issuer: str = ""
+    """``oidc``: the issuer of Knative Eventing's sender tokens (the cluster's service account
+    issuer, e.g. https://kubernetes.default.svc.cluster.local)."""
+    auth_oidc_audience: str = ""
+    """``oidc``: the audience the sender token must name (the function's sink audience)."""
+    auth_oidc_jwks_file: str = ""
+    """``oidc``: a file holding the issuer's JWKS (the cluster's ``/openid/v1/jwks``, kept in a
+    ConfigMap); re-read when it changes."""
+    infer_max_body_bytes: int = 4 * 1024 * 1024
+    """Infer: largest request body (413 above, naming this setting)."""
+    infer_max_instances: int = 1024
+    """Infer: most instances in one predict request (KServe or ``kml.inference.request``);
+    413 above, naming this setting."""
+    infer_interpreter_cache: int = 16
+    """Infer: most LiteRT interpreters kept per model (one per batch bucket, and per instance
+    shape for a model with dynamic dimensions); the least recently used goes first."""
+    infer_max_concurrency: int = 100
+    """Register: highest ``target_concurrency`` (the Service's containerConcurrency) an
+    inference spec may ask for (422 above); one pod's 1 GiB holds this many requests."""
+    infer_max_scale: int = 20
+    """Register: highest ``max_scale`` (and ``min_scale``) an inference spec may ask for."""
+    infer_images: str = ""
+    """Register: comma-separated container images an inference spec may name in ``image``
+    (422 otherwise, naming them); empty: only ``infer_image``. The operator chooses, never the
+    request."""
+    train_max_records: int = 1_000_000
+    """Train: most records one run reads (a control message over more is refused with 422
+    before anything is read)."""
+    train_max_bytes: int = 512 * 1024 * 1024
+    """Train: most bytes (keys and values) one run reads from Kafka; 422 once it is passed."""
+    train_max_epochs: int = 1000
+    """Register: most ``epochs`` a deployment may ask for (422 above)."""
+    train_max_batch_size: int = 65_536
+    """Register: largest ``batch_size`` a deployment may ask for (422 above)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -154,6 +207,12 @@ class Settings:
     def register_address(self) -> str:
         """Where the register function answers: ``register_url``, else the local stack's port."""
         return (self.register_url or f"http://127.0.0.1:{self.register_port}").rstrip("/")
+
+    @property
+    def allowed_infer_images(self) -> tuple[str, ...]:
+        """The images an inference spec may name: ``infer_images``, else ``infer_image`` alone."""
+        named = [i.strip() for i in self.infer_images.split(",") if i.strip()]
+        return tuple(dict.fromkeys(named or [self.infer_image]))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

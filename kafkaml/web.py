@@ -4,6 +4,12 @@ A function is built by :func:`function_app` from a :class:`Function`: the CloudE
 answers (``POST /`` dispatches on the type; any other type is one 400 naming the accepted
 ones), a readiness check, what it closes on stop, and its extra routes as blueprints. Every
 ``KmlError`` becomes its JSON body ``{"error", "kind", "status", ...}`` with its status.
+
+Access is checked here, once, for every function (``kafkaml.auth``): each request but the
+probes and ``/metrics`` carries a bearer token (401 without one the function knows); a route
+needs the scope its ``requires`` mark names (``read`` for a GET, ``write`` otherwise, when
+unmarked) and ``POST /`` the scope of its CloudEvent type (403 otherwise); the data plane
+(scope ``deliver``) may post every type.
 """
 
 from __future__ import annotations
@@ -19,11 +25,24 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, redirect, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge, Unavailable
-from kafkaml.events import Event, parse_http, to_http
+from kafkaml import login
+from kafkaml.auth import (
+    COOKIE,
+    DELIVER,
+    OPEN,
+    SCOPES,
+    WRITE,
+    Access,
+    Principal,
+    bearer,
+    requires,
+    scopes_of,
+)
+from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge, Unauthorized, Unavailable
+from kafkaml.events import KAFKA_EVENT, Event, parse_http, to_http
 from kafkaml.settings import Settings
 
 log = logging.getLogger("kml")
@@ -81,16 +100,25 @@ def event_response(event: Event, status: int = 200) -> Response:
     return Response(body, status=status, headers=headers)
 
 
-def received_event(settings: Settings) -> Event:
-    """The CloudEvent of the current request, size-bounded."""
+def too_large(limit: int, setting: str, length: int | None = None) -> PayloadTooLarge:
+    """The one 413: the limit and the setting that moves it."""
+    size = f"body of {length} bytes" if length is not None else "body"
+    return PayloadTooLarge(
+        f"{size} exceeds the limit of {limit} bytes (KML_{setting.upper()})",
+        limit=limit,
+        setting=f"KML_{setting.upper()}",
+    )
+
+
+def received_event(settings: Settings, limit: int = 0, setting: str = "max_body_bytes") -> Event:
+    """The CloudEvent of the current request, bounded by ``limit`` (default: the settings')."""
+    limit = limit or settings.max_body_bytes
     length = request.content_length
-    if length is not None and length > settings.max_body_bytes:
-        raise PayloadTooLarge(
-            f"body of {length} bytes exceeds the limit of {settings.max_body_bytes}"
-        )
+    if length is not None and length > limit:
+        raise too_large(limit, setting, length)
     body = request.get_data(cache=True)
-    if len(body) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
+    if len(body) > limit:
+        raise too_large(limit, setting)
     return parse_http(dict(request.headers), body)
 
 
@@ -129,6 +157,13 @@ class Function:
     """Raises when the process is broken and must be restarted: the liveness probe."""
     blueprints: Sequence[Blueprint] = ()
     """Routes besides ``POST /`` and the health probes."""
+    event_scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """CloudEvent type -> the scopes a caller's token may hold to post it; unlisted types need
+    ``write``, and ``dev.knative.kafka.event`` (what KafkaSource delivers) ``deliver``."""
+    body_limit: tuple[int, str] = (0, "max_body_bytes")
+    """Largest request body and the setting naming it (0: the settings' ``max_body_bytes``)."""
+    browser_login: bool = False
+    """People use it in a browser: ``/login`` turns a token into a session cookie."""
     _stopped: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def handler(self, event_type: str) -> EventHandler:
@@ -137,6 +172,11 @@ class Function:
             return self.events[event_type]
         except KeyError:
             raise unknown_event_type(self.name, event_type, self.events) from None
+
+    def scopes_for(self, event_type: str) -> tuple[str, ...]:
+        """Who may post ``event_type``: its scopes, and always the data plane."""
+        default = (DELIVER,) if event_type == KAFKA_EVENT else (WRITE,)
+        return (*self.event_scopes.get(event_type, default), DELIVER)
 
     def check_alive(self) -> None:
         if self._stopped.is_set():
@@ -188,17 +228,22 @@ def function_app(settings: Settings | None, build: Callable[[Settings], Function
     ``app.extensions["kml.function"]``."""
     settings = settings or Settings.from_env()
     configure_logging(settings.log_level)
+    access = Access.from_settings(settings)
     function = build(settings)
     app = Flask(f"kml-{function.name}")
     app.extensions["kml.function"] = function
+    app.extensions["kml.settings"] = settings
     install_common(app, settings, function)
+    install_access(app, function, access)
 
     if function.events:
 
         @app.post("/")
         def _receive() -> Response:
-            event = received_event(settings)
-            return function.handler(event.type)(event)
+            event = received_event(settings, *function.body_limit)
+            handler = function.handler(event.type)
+            caller(request).require(function.scopes_for(event.type), f"send {event.type} events")
+            return handler(event)
 
     for blueprint in function.blueprints:
         app.register_blueprint(blueprint)
@@ -211,20 +256,68 @@ def function_of(app: Flask) -> Function:
     return app.extensions["kml.function"]
 
 
+def caller(req) -> Principal:
+    """Who sent the current request (set by the access check before any view runs)."""
+    return req.environ["kml.caller"]
+
+
+def install_access(app: Flask, function: Function, access: Access) -> None:
+    """The access check of every request: who calls (401), and may they call this route (403).
+
+    ``POST /`` checks the scope of its CloudEvent type once the event is parsed."""
+    if not access.enabled:
+        log.warning("access control is OFF: anyone may call", extra={"fields": {"auth": "off"}})
+    elif not len(access.tokens) and access.data_plane == "token":
+        log.warning(
+            "no tokens: every call but the probes is refused",
+            extra={"fields": {"tokens_file": access.tokens.path or None}},
+        )
+    if function.browser_login:
+        app.register_blueprint(login.routes(access))
+
+    @app.before_request
+    def _check_access():
+        view = app.view_functions.get(request.endpoint or "")
+        needed = scopes_of(view, request.method) if view is not None else ()
+        if OPEN in needed:
+            return None
+        if not access.enabled:
+            request.environ["kml.caller"] = Principal("anyone", frozenset(SCOPES), True)
+            return None
+        token = bearer(request.headers.get("Authorization"))
+        if token is None and function.browser_login:
+            token = request.cookies.get(COOKIE) or None
+        event_post = request.method == "POST" and request.path == "/"
+        try:
+            principal = access.authenticate(token, event_post)
+        except Unauthorized:
+            if function.browser_login and login.wants_page(request):
+                return redirect(login.login_path(request.full_path), code=303)
+            raise
+        request.environ["kml.caller"] = principal
+        if needed and not event_post:
+            principal.require(needed, f"{request.method} {request.path}")
+        return None
+
+
 def install_common(app: Flask, settings: Settings, function: Function) -> None:
-    """JSON errors for everything, the health probes, and a request log line."""
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    """JSON errors for everything, the health probes (open to anyone), and a request log line."""
+    limit, setting = function.body_limit
+    limit = limit or settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = limit
 
     @app.errorhandler(KmlError)
     def _kml_error(e: KmlError):
         level = logging.WARNING if e.status < 500 else logging.ERROR
         log.log(level, e.message, extra={"fields": {"status": e.status, "kind": e.kind}})
-        return json_response(e.to_dict(), e.status)
+        response = json_response(e.to_dict(), e.status)
+        if e.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="kml"'
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(e):
-        err = PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        return json_response(err.to_dict(), 413)
+        return json_response(too_large(limit, setting).to_dict(), 413)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):
@@ -241,11 +334,13 @@ def install_common(app: Flask, settings: Settings, function: Function) -> None:
         )
 
     @app.get("/health/liveness")
+    @requires(OPEN)
     def _liveness():
         function.check_alive()
         return json_response({"status": "alive"})
 
     @app.get("/health/readiness")
+    @requires(OPEN)
     def _readiness():
         function.check_ready()
         return json_response({"status": "ready"})

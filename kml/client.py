@@ -1,7 +1,9 @@
 """HTTP client of the register function: binary-mode CloudEvents in, records out.
 
-Used by the ``kml`` CLI and the demo. An error answer becomes the ``KmlError`` subclass of its
-status (422 keeps its ``problems``), so callers see what the server said, never a traceback.
+Used by the ``kml`` CLI and the demo. Every call carries ``Authorization: Bearer <token>``
+(``auth_token``, else the local stack's owner token). An error answer becomes the ``KmlError``
+subclass of its status (422 keeps its ``problems``), so callers see what the server said,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from kafkaml import events
 from kafkaml.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     KmlError,
     NotFound,
     PayloadTooLarge,
+    Unauthorized,
     Unavailable,
     ValidationFailed,
 )
@@ -25,6 +29,8 @@ from kafkaml.settings import Settings
 SOURCE = "/kml/cli"
 _BY_STATUS: dict[int, type[KmlError]] = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: PayloadTooLarge,
@@ -39,14 +45,16 @@ def register_url(settings: Settings) -> str:
 class RegisterClient:
     """Talks to one register function at ``url``."""
 
-    def __init__(self, url: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 300.0, token: str = "") -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._http = requests.Session()
+        if token:
+            self._http.headers["Authorization"] = f"Bearer {token}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegisterClient:
-        return cls(register_url(settings))
+        return cls(register_url(settings), token=settings.auth_token)
 
     # -- events -------------------------------------------------------------------------------
     def send(self, type_: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,27 @@ from kml.manifests_check import (
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _test_clients_sign_their_calls():
+    """Every Flask test client sends its app's own token (``auth_token`` of the settings the
+    app was built with), as the CLI does; a test about access sets or drops the header."""
+    from flask.testing import FlaskClient
+
+    original = FlaskClient.__init__
+
+    def signed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        settings = self.application.extensions.get("kml.settings")
+        if settings is not None and settings.auth_token:
+            self.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {settings.auth_token}"
+
+    FlaskClient.__init__ = signed
+    try:
+        yield
+    finally:
+        FlaskClient.__init__ = original
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Settings:
     """Settings pointing at a running real Kafka broker and MinIO server."""

@@ -40,4 +40,5 @@ def build(settings: Settings, parts: Parts) -> Function:
         ready=parts.live.check,
         close=parts.live.close,
         blueprints=[read_pages(parts), write_routes(parts), live_routes(parts, vendor)],
+        browser_login=True,  # pages need read, forms write: a token kept in a session cookie
     )

@@ -26,18 +26,21 @@ SOURCE = "/kml/dashboard"
 class RegisterAPI:
     """One register function at ``url``."""
 
-    def __init__(self, url: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 300.0, token: str = "") -> None:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        # The dashboard's own token (scopes read and write): register checks every call.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RegisterAPI:
-        return cls(settings.register_address)
+        return cls(settings.register_address, token=settings.auth_token)
 
     def get(self, *segments: str) -> Any:
         """``GET /<segments...>`` of the read API, each segment escaped (``get("runs", id)``)."""
         path = "/".join(urllib.parse.quote(s, safe="") for s in segments)
-        return self._call(urllib.request.Request(f"{self.url}/{path}", method="GET"))
+        request = urllib.request.Request(f"{self.url}/{path}", headers=self._auth, method="GET")
+        return self._call(request)
 
     def find(self, *segments: str) -> Any | None:
         """Like :meth:`get`, but None when register says 404."""
@@ -49,7 +52,9 @@ class RegisterAPI:
     def send(self, type_: str, data: dict[str, Any]) -> dict[str, Any]:
         """POST one CloudEvent (binary mode); the record of the answering event."""
         headers, body = events.to_http(events.new_event(type_, SOURCE, data))
-        request = urllib.request.Request(f"{self.url}/", data=body, headers=headers, method="POST")
+        request = urllib.request.Request(
+            f"{self.url}/", data=body, headers={**headers, **self._auth}, method="POST"
+        )
         return self._call(request)
 
     def _call(self, request: urllib.request.Request) -> Any:

@@ -26,6 +26,7 @@ from functions.infer.http_path import model_metadata, predict_instances
 from functions.infer.kafka_path import handle_kafka_event
 from functions.infer.metrics import InferMetrics
 from functions.infer.serving import InferenceService, Loader, load_from_storage
+from kafkaml.auth import OPEN, PREDICT, READ, requires
 from kafkaml.errors import BadRequest, KmlError, NotFound, Unavailable
 from kafkaml.events import INFERENCE_REQUEST, INFERENCE_RESPONSE, KAFKA_EVENT, Event, new_event
 from kafkaml.settings import Settings
@@ -121,6 +122,7 @@ def build(settings: Settings, service: InferenceService) -> Function:
     serving = Blueprint("serving", __name__)
 
     @serving.post("/v1/models/<name>:predict")
+    @requires(PREDICT)
     def _kserve_predict(name: str) -> Response:
         def answer() -> tuple[Response, None]:
             _check_name(service, name)
@@ -132,11 +134,13 @@ def build(settings: Settings, service: InferenceService) -> Function:
         return observed("kserve", answer)
 
     @serving.get("/v1/models/<name>")
+    @requires(READ, PREDICT)
     def _kserve_metadata(name: str) -> Response:
         _check_name(service, name)
         return json_response(model_metadata(service))
 
     @serving.get("/metrics")
+    @requires(OPEN)
     def _metrics() -> Response:
         return Response(metrics.render(), content_type=metrics.content_type)
 
@@ -146,6 +150,8 @@ def build(settings: Settings, service: InferenceService) -> Function:
         ready=service.ready,
         close=service.close,
         blueprints=[serving],
+        event_scopes={INFERENCE_REQUEST: (PREDICT,)},
+        body_limit=(settings.infer_max_body_bytes, "infer_max_body_bytes"),
     )
 
 

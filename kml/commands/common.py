@@ -17,14 +17,17 @@ err_console = Console(stderr=True)
 
 
 def load_settings(state_dir: str | None = None) -> Settings:
-    """Environment settings, with the ports of a stack already running from ``state_dir``."""
+    """Environment settings, with the ports of a stack already running from ``state_dir`` and
+    its tokens (the owner's token is sent with every call; ``KML_AUTH_TOKEN`` overrides it)."""
     env_settings = Settings.from_env()
     state = state_dir or env_settings.state_dir
     saved = saved_settings(state)
     keep = {k: v for k, v in saved.items() if f"KML_{k.upper()}" not in os.environ}
-    for private in ("s3_secret_key", "state_dir"):
+    for private in ("s3_secret_key", "state_dir", "auth_token"):
         keep.pop(private, None)
-    return env_settings.replace(**keep, state_dir=state)
+    from kml.dev.access import with_local_tokens
+
+    return with_local_tokens(env_settings.replace(**keep, state_dir=state))
 
 
 @contextmanager

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from kml.commands.common import console, friendly_errors, load_settings
+from kml.dev.access import admin_token_file, provision
 from kml.dev.stack import Stack
 
 app = typer.Typer(
@@ -22,7 +23,7 @@ StateDir = typer.Option(None, "--state-dir", help="Where data, logs and PIDs liv
 def up(state_dir: str | None = StateDir) -> None:
     """Start every part (fetching or building what is missing) and wait until each is healthy."""
     with friendly_errors():
-        settings = load_settings(state_dir)
+        settings = provision(load_settings(state_dir))
         started = time.monotonic()
 
         def report(part) -> None:
@@ -34,7 +35,8 @@ def up(state_dir: str | None = StateDir) -> None:
         Stack(settings).up(on_started=report)
         console.print(
             f"stack ready in {time.monotonic() - started:.1f}s; "
-            f"state in {settings.state_dir}/ (kml dev down stops it)"
+            f"state in {settings.state_dir}/ (kml dev down stops it); the CLI signs its calls "
+            f"with the token in {admin_token_file(settings.state_dir)}"
         )
 
 

@@ -143,7 +143,8 @@ def predict(
         settings = load_settings(state_dir)
         body = {"instances": read_instances(data, instances)}
         target = url or local_url(settings, inference_id)
-        print(json.dumps(call_predict(target, inference_id, body, event=event)))
+        answer = call_predict(target, inference_id, body, event=event, token=settings.auth_token)
+        print(json.dumps(answer))
 
 
 def read_instances(data: Path | None, instances: str | None) -> list[Any]:
@@ -174,9 +175,15 @@ def local_url(settings: Settings, inference_id: str) -> str:
 
 
 def call_predict(
-    url: str, inference_id: str, body: dict[str, Any], event: bool = False, timeout_s: float = 60.0
+    url: str,
+    inference_id: str,
+    body: dict[str, Any],
+    event: bool = False,
+    timeout_s: float = 60.0,
+    token: str = "",
 ) -> dict[str, Any]:
-    """POST to the infer function (KServe V1, or a CloudEvent); the answer's JSON."""
+    """POST to the infer function (KServe V1, or a CloudEvent) with ``token`` (scope
+    ``predict``); the answer's JSON."""
     import requests
 
     if event:
@@ -191,6 +198,8 @@ def call_predict(
     else:
         target = f"{url.rstrip('/')}/v1/models/{inference_id}:predict"
         headers = {"content-type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     try:
         r = requests.post(target, data=json.dumps(body), headers=headers, timeout=timeout_s)
     except requests.RequestException as e:

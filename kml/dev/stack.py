@@ -37,7 +37,8 @@ class PartStatus:
 
 
 def isolated_settings(state_dir: str, bucket: str = "kml", **overrides) -> Settings:
-    """Settings for a private stack on free ports (tests, benchmarks), whatever else runs here."""
+    """Settings for a private stack on free ports (tests, benchmarks), whatever else runs here,
+    with its own tokens (``kml.dev.access``)."""
     import os
 
     from kml.dev.procs import free_port
@@ -59,7 +60,9 @@ def isolated_settings(state_dir: str, bucket: str = "kml", **overrides) -> Setti
     )
     values.update(overrides)
     cache = {k: v for k, v in os.environ.items() if k == "KML_CACHE_DIR"}
-    return Settings.from_env(cache, **values)
+    from kml.dev.access import provision
+
+    return provision(Settings.from_env(cache, **values))
 
 
 def infrastructure(settings: Settings) -> list[Part]:
@@ -118,4 +121,5 @@ def _public(settings: Settings) -> dict:
 
     values = asdict(settings)
     values.pop("s3_secret_key", None)
+    values.pop("auth_token", None)  # it stays in <state_dir>/auth/admin.token, private
     return values

@@ -22,6 +22,7 @@ from kafkaml.errors import EXIT_PERMANENT, EXIT_RETRY, KmlError, is_retried
 from kafkaml.events import KAFKA_EVENT, Event, new_event, to_http
 from kafkaml.settings import Settings
 from storage.registry import Registry
+from tests.access import SESSION_AUTH
 from tests.fakes import MemoryStore, RecordingPublisher
 from tests.functions.infer.fakes import RecordingProducer
 
@@ -66,7 +67,7 @@ def test_the_rule_itself(status):
 
 @pytest.mark.parametrize("status", STATUSES)
 def test_train_http_route_answers_the_status_knative_retries_or_dead_letters(status):
-    app = create_app(Settings(bucket="unit"), trainer=FailingTrainer(status))
+    app = create_app(Settings(bucket="unit", **SESSION_AUTH), trainer=FailingTrainer(status))
     headers, body = to_http(request_event(), structured=True)
     answer = app.test_client().post("/", data=body, headers=headers)
     assert answer.status_code == status

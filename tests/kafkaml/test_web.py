@@ -8,6 +8,7 @@ from kafkaml.errors import Conflict, Unavailable
 from kafkaml.events import Event, new_event, to_http
 from kafkaml.settings import Settings
 from kafkaml.web import Function, function_app, function_of, json_response
+from tests.access import SESSION_AUTH
 
 
 class Parts:
@@ -46,7 +47,7 @@ def parts() -> Parts:
 
 @pytest.fixture
 def app(parts):
-    return function_app(Settings(max_body_bytes=1024), parts.build)
+    return function_app(Settings(max_body_bytes=1024, **SESSION_AUTH), parts.build)
 
 
 def post(client, type_: str, data):

@@ -125,11 +125,14 @@ class Deliverer:
         stop: threading.Event,
         producer: Any | None = None,
         kafka_timeout_s: float = 30.0,
+        token: str = "",
     ) -> None:
         self.resolver = resolver
         self.stop = stop
         self.producer = producer
         self.kafka_timeout_s = kafka_timeout_s
+        # The data plane's credential (scope ``deliver``), as Knative's OIDC token on a cluster.
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._local = threading.local()
 
     def deliver(self, event: OutgoingEvent, spec: SourceSpec, where: dict[str, Any]) -> Outcome:
@@ -238,7 +241,11 @@ class Deliverer:
             session = self._local.session = requests.Session()
         try:
             resp = session.post(
-                url, headers=headers, data=body, timeout=timeout_s, allow_redirects=False
+                url,
+                headers={**headers, **self._auth},
+                data=body,
+                timeout=timeout_s,
+                allow_redirects=False,
             )
         except requests.Timeout:
             return Attempt(error=f"timed out after {timeout_s:g}s")

@@ -193,7 +193,11 @@ class Bridge:
 
     def _start_source(self, spec: SourceSpec) -> None:
         deliverer = Deliverer(
-            self.resolver, threading.Event(), self._producer, self.settings.kafka_timeout_s
+            self.resolver,
+            threading.Event(),
+            self._producer,
+            self.settings.kafka_timeout_s,
+            token=self.settings.auth_token,
         )
         consumer = SourceConsumer(
             spec, self.settings.kafka_bootstrap, deliverer, self.commit_interval_s

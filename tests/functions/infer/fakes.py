@@ -12,6 +12,7 @@ from functions.infer.producer import Delivery
 from functions.infer.serving import Loaded
 from kafkaml.errors import Unavailable
 from kafkaml.settings import Settings
+from tests.access import SESSION_AUTH
 
 SPEC = {
     "id": "digits-1",
@@ -76,7 +77,7 @@ class RecordingProducer:
 
 
 def settings(**changes: Any) -> Settings:
-    return Settings(inference_id=SPEC["id"], dlq_topic="dlq", **changes)
+    return Settings(inference_id=SPEC["id"], dlq_topic="dlq", **{**SESSION_AUTH, **changes})
 
 
 def fixed_loader(
