@@ -316,7 +316,9 @@ class Access:
                     "a KafkaSource delivery carries Knative Eventing's OIDC token; "
                     "a direct call carries 'Authorization: Bearer <token>'"
                 )
-            raise Unauthorized("this call needs 'Authorization: Bearer <token>' (kml tokens create)")
+            raise Unauthorized(
+                "this call needs 'Authorization: Bearer <token>' (kml tokens create makes one)"
+            )
         if event_post and self.verify_jwt is not None and looks_like_jwt(token):
             return self.verify_jwt(token)
         principal = self.tokens.lookup(token)
