@@ -78,6 +78,7 @@ def check_ranges(
 ) -> None:
     """Every range inside its partition's current low/high watermarks, or one error naming each."""
     problems: list[str] = []
+    beyond: list[str] = []  # ranges whose only problem is an end above the high watermark
     try:
         md = consumer.list_topics(timeout=timeout_s)
         for r in ranges:
@@ -101,6 +102,8 @@ def check_ranges(
                     f"{r}: end {r.end} is beyond the high watermark {high} "
                     f"(only offsets below {high} exist)"
                 )
+                if r.start >= low:
+                    beyond.append(str(r))
     except KafkaException as e:
         raise _unavailable(bootstrap, "reading metadata", e) from None
     if problems:
@@ -108,6 +111,7 @@ def check_ranges(
             f"offset ranges not available: {'; '.join(problems)}",
             problems,
             ranges=[str(r) for r in ranges],
+            beyond_high_watermark=beyond,
         )
 
 

@@ -115,6 +115,16 @@ class Settings:
     """Train: estimated seconds per record, per epoch, per model; sizes work for the HTTP route."""
     train_http_reserve_s: float = 60.0
     """Train: seconds of the request timeout kept for reading data and saving artifacts."""
+    train_lease_s: float = 60.0
+    """Train: how long a run's claim holds without renewal. A training attempt renews it every
+    third of this; once an attempt dies its lease lapses within this, and the next delivery of
+    the control message takes the run over. Kept below the control KafkaSource's retry window,
+    so the dispatcher's retries outlast a dead attempt's lease."""
+    train_arrival_grace_s: float = 20.0
+    """Train: how long after a control message was produced (its Kafka timestamp) a deployment
+    not yet created, or an ``end`` above the high watermark, is taken for something still on its
+    way (retried: 404 / 503) rather than a mistake (422 and ``kml.training.failed``). Kept below
+    the control KafkaSource's retry window, so the last retry gives the permanent answer."""
     register_validate_timeout_s: float = 180.0
     """Register: how long one model's validation child may take (Keras import included); past
     it the child and its process group are killed and the registration is answered 503."""

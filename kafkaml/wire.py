@@ -124,10 +124,21 @@ class ControlMessage:
         return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
     def run_id(self) -> str:
-        """Deterministic run id: the deployment plus the offset ranges."""
-        ranges = ",".join(str(r) for r in sorted(self.ranges, key=lambda r: (r.topic, r.partition)))
-        digest = hashlib.sha256(f"{self.deployment_id}\n{ranges}".encode()).hexdigest()
-        return f"run-{digest[:20]}"
+        """Deterministic run id from everything that defines what the run trains: the
+        deployment, the offset ranges, the input format and config, the validation and test
+        rates. The same ranges sent again with other settings are another run, never the old
+        run's answer; a redelivery (or a new ``description``) is the same run."""
+        ranges = [str(r) for r in sorted(self.ranges, key=lambda r: (r.topic, r.partition))]
+        defining = {
+            "deployment_id": self.deployment_id,
+            "ranges": ranges,
+            "input_format": self.input_format,
+            "input_config": self.input_config,
+            "validation_rate": self.validation_rate,
+            "test_rate": self.test_rate,
+        }
+        canonical = json.dumps(defining, sort_keys=True, separators=(",", ":"), default=str)
+        return f"run-{hashlib.sha256(canonical.encode()).hexdigest()[:20]}"
 
     def with_deployment(self, deployment_id: str) -> ControlMessage:
         from dataclasses import replace

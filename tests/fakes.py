@@ -146,16 +146,19 @@ class MemoryTopics:
         if self.down:
             raise Unavailable(f"Kafka at {settings.kafka_bootstrap} unreachable: down")
         self.reads.append([str(r) for r in ranges])
-        problems = []
+        problems, beyond = [], []
         for r in ranges:
             log = self.partitions.get((r.topic, r.partition))
             if log is None:
                 problems.append(f"{r}: topic {r.topic!r} does not exist")
             elif r.end > len(log):
                 problems.append(f"{r}: end {r.end} is beyond the high watermark {len(log)}")
+                beyond.append(str(r))
         if problems:
             raise OffsetRangeUnavailable(
-                f"offset ranges not available: {'; '.join(problems)}", problems
+                f"offset ranges not available: {'; '.join(problems)}",
+                problems,
+                beyond_high_watermark=beyond,
             )
         out = RangeRecords()
         for r in ranges:

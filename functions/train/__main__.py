@@ -3,7 +3,8 @@
 The event file is a structured-mode CloudEvent (JSON), as JobSink mounts it; without
 ``--event-file`` the path comes from ``K_EVENT_PATH``. Runs the same code as the HTTP route
 without its time limit. Exit status: 0 succeeded, 1 permanent failure, 75 transient failure
-(worth retrying: ``kafkaml.errors.exit_code``), 2 bad usage.
+(worth retrying: ``kafkaml.errors.exit_code``), 2 bad usage. A run that another attempt holds
+is transient (75, retry later): the entry first waits up to one lease for a holder that died.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event
+from functions.train.service import EVENT_TYPES, Trainer
 from kafkaml.errors import EXIT_OK, EXIT_USAGE, KmlError, exit_code
 from kafkaml.events import STRUCTURED_CONTENT_TYPE, parse_http
 from kafkaml.settings import Settings
@@ -37,7 +38,7 @@ def run(event_path: str, settings: Settings, trainer: Trainer | None = None) -> 
         if event.type not in EVENT_TYPES:
             raise unknown_event_type("train", event.type, EVENT_TYPES)
         trainer = trainer or Trainer.from_settings(settings)
-        run_record = trainer.train(control_message_from_event(event), http=False)
+        run_record = trainer.handle(event, http=False)
     except KmlError as e:
         print(json.dumps(e.to_dict(), default=str))
         return exit_code(e.status)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Flask, Response
 
 from functions.train.online import TICK_TYPES, OnlineTrainer
-from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event
+from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event, event_time
 from kafkaml.events import Event
 from kafkaml.settings import Settings
 from kafkaml.web import Function, function_app, json_response
@@ -40,7 +40,7 @@ def build(trainer: Trainer) -> Function:
         msg = control_message_from_event(event)
         if msg.incremental:  # Kafka-ML's online control message: start a stream
             return json_response(online.start(msg))
-        return json_response(trainer.train(msg, http=True))
+        return json_response(trainer.train(msg, http=True, sent_at=event_time(event)))
 
     def tick(event: Event) -> Response:
         return json_response(online.tick())

@@ -15,6 +15,28 @@ from storage.registry import Registry
 log = logging.getLogger("kml.train")
 
 
+def artifact_folders(models: list[dict[str, Any]]) -> list[str]:
+    """One folder per model of a deployment, unique and the same on every run of it.
+
+    A model whose name is unique among the deployment's models keeps its name; the versions of
+    a name trained together are ``<name>.v<version>``; and a unique name that one of those
+    would spell (a model called ``m.v1`` next to ``m@1`` and ``m@2``) is versioned too, until no
+    two folders are equal: ``<name>.v<version>`` always ends in the version, so versioned
+    folders never collide with each other, and a bare name never equals a versioned folder.
+    """
+    names = [str(m.get("name", "model")) for m in models]
+    versioned = {i for i, n in enumerate(names) if names.count(n) > 1}
+    while True:
+        spelled = {f"{names[i]}.v{models[i].get('version')}" for i in versioned}
+        clashing = {i for i, n in enumerate(names) if i not in versioned and n in spelled}
+        if not clashing:
+            break
+        versioned |= clashing
+    return [
+        f"{n}.v{models[i].get('version')}" if i in versioned else n for i, n in enumerate(names)
+    ]
+
+
 def convert_tflite(model: Any) -> tuple[bytes | None, str | None]:
     """The model as a TFLite flatbuffer, or ``None`` and why conversion failed."""
     import tensorflow as tf

@@ -23,6 +23,8 @@ from storage.records import DEFAULT_OPTIMIZER, KERAS_FILE, Model
 from storage.specs import Deployment
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+_TF_DATA_ERRORS = frozenset({"InvalidArgumentError"})
+"""What TensorFlow raises inside ``fit`` for data the model cannot take (a bad value)."""
 
 
 class ModelFailed(ValidationFailed):
@@ -97,6 +99,36 @@ def is_classification(spec: dict[str, Any]) -> bool:
     return "crossentropy" in loss or "hinge" in loss or "accuracy" in metrics
 
 
+def _sparse_labels(spec: dict[str, Any]) -> bool:
+    """Whether the loss takes class indices (sparse categorical crossentropy)."""
+    loss = json.dumps((spec or {}).get("loss", "")).lower().replace("_", "")
+    return "sparsecategorical" in loss
+
+
+def label_problems(model: Any, name: str, spec: dict[str, Any], data: Dataset) -> list[str]:
+    """Labels a sparse categorical model cannot take: class indices outside its output units
+    (TensorFlow would fail inside ``fit`` with an error that names neither field nor value)."""
+    if not _sparse_labels(spec):
+        return []
+    shape = getattr(model, "output_shape", None)
+    if not isinstance(shape, tuple) or not shape or not isinstance(shape[-1], int):
+        return []  # several outputs: Keras checks them itself
+    classes = shape[-1]
+    problems = []
+    for split in ("train", "validation", "test"):
+        y = np.asarray(getattr(data, split).y)
+        if not y.size:
+            continue
+        bad = np.unique(y[~np.isfinite(y) | (y != np.round(y)) | (y < 0) | (y >= classes)])
+        if bad.size:
+            shown = ", ".join(f"{v:g}" for v in bad[:10].astype(np.float64))
+            problems.append(
+                f"labels ({split} split): {shown} outside model {name}'s {classes} classes "
+                f"(class indices 0..{classes - 1})"
+            )
+    return problems
+
+
 def _classes(values: np.ndarray, probabilities: bool) -> np.ndarray:
     values = np.asarray(values)
     if values.ndim > 1 and values.shape[-1] > 1:
@@ -124,6 +156,8 @@ def train_model(
     model = build_model(record, load_file)
     spec = record.compile
     compile_model(model, name, spec, deployment.learning_rate)
+    if problems := label_problems(model, name, spec, data):
+        raise ModelFailed(f"model {name}: labels outside its classes: {problems[0]}", problems)
     batch_size, epochs = deployment.batch_size, deployment.epochs
 
     class Progress(keras.callbacks.Callback):
@@ -147,7 +181,9 @@ def train_model(
             verbose=0,
             **deployment.fit_kwargs,
         )
-    except (ValueError, TypeError) as e:  # shapes or dtypes that do not fit the model
+    except Exception as e:  # shapes, dtypes or values that do not fit the model
+        if not isinstance(e, (ValueError, TypeError)) and type(e).__name__ not in _TF_DATA_ERRORS:
+            raise
         raise ModelFailed(
             f"model {name}: fit failed on this data: {_short(e)}", [f"model {name}: {_short(e)}"]
         ) from None

@@ -14,10 +14,11 @@ from kafkaml.errors import Conflict, InvalidEvent, Unavailable, ValidationFailed
 from kafkaml.events import Event, new_event, to_http
 from kafkaml.settings import Settings
 from storage.registry import Registry
+from tests.access import SESSION_AUTH
 from tests.fakes import MemoryStore, tiny_model_json
 from tests.functions.register.conftest import model_event
 
-SETTINGS = Settings(bucket="unit", namespace="kml")
+SETTINGS = Settings(bucket="unit", namespace="kml", **SESSION_AUTH)
 MODEL = model_event("m", tiny_model_json())
 """A 4 -> 3 -> 2 classifier (23 parameters), validated by the real validator child."""
 REGISTER_TYPES = [

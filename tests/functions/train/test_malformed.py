@@ -6,13 +6,14 @@ Each message goes through the real control topic and reaches the app as KafkaSou
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from kafkaml.kafka import ensure_topic
+from kafkaml.kafka import ensure_topic, follow
 from kafkaml.sink import RawSink
 from kafkaml.wire import parse_control_message
 from tests.functions.train.conftest import Harness, digits
@@ -54,12 +55,22 @@ def env(stack, registry, tf_child, model_json):
     return harness, deployment, base, deleted
 
 
-def roundtrip(bootstrap: str, topic: str, value: bytes, key: bytes | None):
-    """Produce one control record and consume it back: the record KafkaSource would see."""
+OLD_S = 3600.0
+"""The age of the malformed control records: far past the arrival grace, so every verdict is
+the permanent one (a young record naming what is still on its way is retried instead)."""
+
+
+def roundtrip(bootstrap: str, topic: str, value: bytes, key: bytes | None, age_s: float = 0.0):
+    """Produce one control record (its timestamp ``age_s`` in the past) and consume it back:
+    the record KafkaSource would see."""
     offsets = []
     producer = Producer({"bootstrap.servers": bootstrap})
     producer.produce(
-        topic, value=value, key=key, on_delivery=lambda err, msg: offsets.append(msg.offset())
+        topic,
+        value=value,
+        key=key,
+        timestamp=int((time.time() - age_s) * 1000),
+        on_delivery=lambda err, msg: offsets.append(msg.offset()),
     )
     assert producer.flush(30) == 0 and offsets
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "tests"})
@@ -189,17 +200,47 @@ def test_malformed_control_message(env, case, build, key, status, text):
         harness.settings.control_topic,
         value,
         deployment.encode() if key is None else key or None,
+        age_s=OLD_S,
     )
     reply = harness.deliver(record)
     assert reply.status == status, reply.body
     assert text in json.dumps(reply.body), reply.body
-    if status in (400, 422) and reply.body.get("run_id"):  # got as far as a run: it failed
+    if reply.body.get("kind") == "unknown_deployment":  # found before any run: none stored
+        assert not harness.registry.store.exists(f"runs/{reply.body['run_id']}/status.json")
+    elif status in (400, 422) and reply.body.get("run_id"):  # got as far as a run: it failed
         run, _ = harness.registry.get_run(reply.body["run_id"])
         assert run["status"] == "failed" and run["permanent"] is True
         assert text in run["reason"] + json.dumps(run.get("problems"))
         again = harness.deliver(record)  # permanent: same answer, no retraining
         assert (again.status, again.body["error"]) == (status, reply.body["error"])
         assert harness.registry.get_run(run["run_id"])[0]["updated"] == run["updated"]
+
+
+def test_young_records_naming_what_is_on_its_way_are_retried_then_permanent(env):
+    """An unknown deployment and an end above the high watermark, through the real topic: a
+    fresh control record is retried (404, 503), the same one produced long ago is a 422 and its
+    run is announced failed on the results topic."""
+    harness, deployment, base, _ = env
+    bootstrap, control = harness.settings.kafka_bootstrap, harness.settings.control_topic
+    ghost = _with(base, description="ghost")
+    young = harness.deliver(roundtrip(bootstrap, control, ghost, b"not-created-yet"))
+    old = harness.deliver(roundtrip(bootstrap, control, ghost, b"not-created-yet", age_s=OLD_S))
+    assert (young.status, old.status) == (404, 422), (young.body, old.body)
+    assert "still on its way" in young.body["error"] and old.body["kind"] == "unknown_deployment"
+
+    beyond = _with(base, topic=base["topic"].rsplit(":", 1)[0] + ":400", total_msg=None)
+    young = harness.deliver(roundtrip(bootstrap, control, beyond, deployment.encode()))
+    assert young.status == 503 and "replicating" in young.body["error"], young.body
+    old = harness.deliver(roundtrip(bootstrap, control, beyond, deployment.encode(), age_s=OLD_S))
+    assert old.status == 422 and "beyond the high watermark" in old.body["error"], old.body
+    failed = [
+        json.loads(m.value())["data"]
+        for m in follow(bootstrap, harness.settings.results_topic, {0: 0}, 3.0)
+        if json.loads(m.value())["type"] == "kml.training.failed"
+    ]
+    by_run = {(f["run_id"], f["error_status"]) for f in failed}
+    assert (old.body["run_id"], 422) in by_run and (young.body["run_id"], 503) in by_run
+    assert any(f["reason"].startswith("unknown deployment 'not-created-yet'") for f in failed)
 
 
 def test_data_failures_become_failed_runs(env):

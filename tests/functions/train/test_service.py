@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -17,11 +18,13 @@ import pytest
 from functions.train.app import create_app
 from functions.train.service import Trainer
 from kafkaml import events
+from kafkaml.errors import is_retried
 from kafkaml.events import new_event, to_http
 from kafkaml.settings import Settings
 from kafkaml.web import function_of
 from kafkaml.wire import parse_control_message
 from storage.registry import Registry
+from tests.access import SESSION_AUTH
 from tests.fakes import MemoryStore, MemoryTopics, RecordingPublisher, tiny_model_json
 
 ROWS = 100
@@ -45,10 +48,14 @@ class World:
     app: Any
     deployment: str
     body: dict[str, Any]
+    trainer: Trainer
 
     @classmethod
-    def build(cls, epochs: int = 1) -> World:
-        settings = Settings(bucket="unit", kafka_bootstrap="memory:9092")
+    def build(cls, epochs: int = 1, topics: MemoryTopics | None = None, **settings: Any) -> World:
+        """``topics`` replaces the in-memory Kafka (a slow one); ``settings`` change settings."""
+        settings = Settings(
+            bucket="unit", kafka_bootstrap="memory:9092", **{**SESSION_AUTH, **settings}
+        )
         registry = Registry(MemoryStore("unit"))
         registry.register_model(
             "tiny",
@@ -67,7 +74,7 @@ class World:
         )["id"]
         x = np.random.default_rng(0).random((ROWS, 4), dtype=np.float32)
         y = (x[:, 0] * 3).astype(np.uint8)  # the first feature decides the class
-        topics = MemoryTopics()
+        topics = topics or MemoryTopics()
         span = topics.append(
             "rows", [(bytes([int(c)]), v.tobytes()) for v, c in zip(x, y, strict=True)]
         )
@@ -86,22 +93,28 @@ class World:
         }
         publisher = RecordingPublisher()
         trainer = Trainer(settings, registry, publisher, reader=topics)
-        return cls(registry, topics, publisher, create_app(settings, trainer), deployment, body)
+        app = create_app(settings, trainer)
+        return cls(registry, topics, publisher, app, deployment, body, trainer)
 
     def run_id(self) -> str:
         return parse_control_message(
             json.dumps(self.body).encode(), None, deployment_id=self.deployment
         ).run_id()
 
-    def post(self, type_: str, data: Any) -> tuple[int, dict[str, Any]]:
-        headers, body = to_http(new_event(type_, "/tests/train", data))
+    def post(self, type_: str, data: Any, age_s: float = 0.0) -> tuple[int, dict[str, Any]]:
+        """POST one event sent ``age_s`` seconds ago (its ``time``)."""
+        sent = datetime.now(UTC) - timedelta(seconds=age_s)
+        headers, body = to_http(new_event(type_, "/tests/train", data, time=sent))
+        headers["Authorization"] = f"Bearer {self.trainer.settings.auth_token}"  # any process
         reply = self.app.test_client().post("/", headers=headers, data=body)
         return reply.status_code, reply.get_json()
 
-    def request(self, **changes: Any) -> tuple[int, dict[str, Any]]:
+    def request(self, age_s: float = 0.0, **changes: Any) -> tuple[int, dict[str, Any]]:
         """A ``kml.training.request`` for the 100 records (``changes`` override its fields)."""
         return self.post(
-            events.TRAINING_REQUEST, {**self.body, "deployment_id": self.deployment, **changes}
+            events.TRAINING_REQUEST,
+            {**self.body, "deployment_id": self.deployment, **changes},
+            age_s=age_s,
         )
 
 
@@ -110,11 +123,19 @@ def world() -> World:
     return World.build()
 
 
-def test_unknown_deployment_is_422_naming_it_and_reads_nothing(world):
-    status, body = world.request(deployment_id="ghost")
+def test_unknown_deployment_is_retried_while_young_then_422_naming_it_and_announced(world):
+    """Its kml.deployment.create may still be on its way: 404 (retried) for a while, then a
+    permanent 422 and kml.training.failed, so whoever sent it hears why; nothing is read."""
+    status, body = world.request(deployment_id="ghost", age_s=1)
+    assert status == 404 and is_retried(status) and "still on its way" in body["error"]
+    assert world.publisher.of_type("failed") == []
+    status, body = world.request(deployment_id="ghost", age_s=60)
     assert status == 422
     assert body["kind"] == "unknown_deployment"
     assert body["problems"] == ["deployment_id: no deployment 'ghost'"]
+    [failed] = world.publisher.of_type("failed")
+    assert (failed["status"], failed["run_id"]) == (422, body["run_id"])
+    assert "unknown deployment 'ghost'" in failed["reason"]
     assert world.topics.reads == [] and world.registry.store.list("runs/") == []
 
 
