@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,8 +19,10 @@ from kafkaml.settings import Settings
 from kml.dev.images import FUNCTIONS, Buildah, image_name
 from kml.dev.procs import free_port, log_tail
 
-HOST_ONLY = ("KML_STATE_DIR", "KML_CACHE_DIR", "KML_MODEL_CACHE_DIR")
+HOST_ONLY = ("KML_STATE_DIR", "KML_CACHE_DIR", "KML_MODEL_CACHE_DIR", "KML_AUTH_TOKENS_FILE")
 """Paths of this machine: inside an image the function uses its own defaults (its user's home)."""
+TOKENS_AT = "/run/kml/tokens.json"
+"""Where a container sees the hashed tokens table (as the Secret ``kml-tokens`` is mounted)."""
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +65,12 @@ class Container:
         port = free_port()
         env["PORT"] = str(port)
         flags = [arg for k, v in env.items() for arg in ("-e", f"{k}={v}")]
+        if settings.auth_tokens_file:  # a copy readable by the image's user, as a Secret volume
+            table = self.log.with_name("tokens.json")
+            shutil.copyfile(settings.auth_tokens_file, table)
+            table.chmod(0o644)
+            flags += ["-v", f"{table}:{TOKENS_AT}:ro"]
+            flags += ["-e", f"KML_AUTH_TOKENS_FILE={TOKENS_AT}"]
         argv = self.buildah.argv(
             "run", "--isolation", "chroot", "--network", "host", *flags, self.name, "--", *command
         )

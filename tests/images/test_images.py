@@ -27,6 +27,7 @@ from kafkaml.events import (
 from kafkaml.kafka import ensure_topic
 from kafkaml.sink import RawSink
 from kml.dev.images import FUNCTIONS, image_name
+from tests.access import SESSION_AUTH, TOKEN, bearer
 from tests.functions.train import worker
 from tests.functions.train.conftest import consume_all, digits, kafkasource_request
 
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.images
 
 COMPILE = {"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 EPOCHS = 4
+AUTH = bearer(TOKEN)
 CANDIDATES = ("tensorflow", "kml", "typer", "rich", "requests")
 PROBE = (
     "import importlib.util as u, os, sys; print(os.getuid(), sys.prefix, "
@@ -46,8 +48,9 @@ PROBE = (
 def settings(stack):
     suffix = f"img{np.random.default_rng().integers(1 << 30):x}"
     return stack.replace(
-        control_topic=f"control-{suffix}", results_topic=f"results-{suffix}", namespace="kml"
-    )
+        control_topic=f"control-{suffix}", results_topic=f"results-{suffix}", namespace="kml",
+        **SESSION_AUTH,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def model_json() -> str:
 def send(url: str, type_: str, data: dict, timeout: float = 300.0) -> requests.Response:
     """One binary-mode CloudEvent, as KafkaSource or the CLI would POST it."""
     headers, body = to_http(new_event(type_, "/tests/images", data))
-    return requests.post(f"{url}/", headers=headers, data=body, timeout=timeout)
+    return requests.post(f"{url}/", headers={**headers, **AUTH}, data=body, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +103,7 @@ def run(container, settings, deployment) -> dict:
     sink.close()
     [record] = consume_all(settings.kafka_bootstrap, settings.control_topic)
     headers, body = kafkasource_request(record, source="kml-train", namespace=settings.namespace)
-    r = requests.post(f"{url}/", headers=headers, data=body, timeout=660)
+    r = requests.post(f"{url}/", headers={**headers, **AUTH}, data=body, timeout=660)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -139,10 +142,14 @@ def test_each_image_size_python_user_and_what_it_leaves_out(buildah, container):
 
 
 def test_register_image_stores_the_model_and_the_deployment(register, deployment):
-    shown = requests.get(f"{register}/models/{deployment['model']}", timeout=30)
+    unsigned = requests.get(f"{register}/models/{deployment['model']}", timeout=30)
+    assert unsigned.status_code == 401  # the image admits only the mounted tokens
+    shown = requests.get(f"{register}/models/{deployment['model']}", headers=AUTH, timeout=30)
     assert shown.status_code == 200, shown.text
     assert shown.json()["param_count"] == 8 * 8 * 32 + 32 + 32 * 10 + 10
-    stored = requests.get(f"{register}/deployments/{deployment['id']}", timeout=30).json()
+    stored = requests.get(
+        f"{register}/deployments/{deployment['id']}", headers=AUTH, timeout=30
+    ).json()
     assert (stored["epochs"], stored["batch_size"]) == (EPOCHS, 32)
     assert stored["models"] == [f"{deployment['model']}@1"]
 
@@ -163,6 +170,7 @@ def test_infer_image_predicts_with_the_trained_model(infer):
     r = requests.post(
         f"{url}/v1/models/{spec['id']}:predict",
         json={"instances": [x[i].tolist() for i in picks]},
+        headers=AUTH,
         timeout=60,
     )
     assert r.status_code == 200, r.text
@@ -172,9 +180,11 @@ def test_infer_image_predicts_with_the_trained_model(infer):
     accuracy = float(np.mean(predictions.argmax(axis=1) == y[picks]))
     print(f"\ninfer image: {len(picks)} predictions, accuracy {accuracy:.2f}")
     assert accuracy >= 0.85
-    bad = requests.post(f"{url}/v1/models/{spec['id']}:predict", json={"rows": []}, timeout=30)
+    bad = requests.post(
+        f"{url}/v1/models/{spec['id']}:predict", json={"rows": []}, headers=AUTH, timeout=30
+    )
     assert bad.status_code == 400 and "instances" in bad.json()["error"]
-    shown = requests.get(f"{url}/v1/models/{spec['id']}", timeout=30).json()
+    shown = requests.get(f"{url}/v1/models/{spec['id']}", headers=AUTH, timeout=30).json()
     assert (shown["run_id"], shown["runtime"], shown["input_shape"]) == (
         spec["run_id"],
         "litert",
