@@ -20,8 +20,9 @@ CONCURRENT = 24
 """More Kafka-path requests at once than the slots, and than the 16 threads infer used to have."""
 
 
-def _kafka_event(topic: str, offset: int) -> dict[str, str]:
+def _kafka_event(topic: str, offset: int, token: str) -> dict[str, str]:
     return {
+        "authorization": f"Bearer {token}",  # the bridge's (Knative's data plane's) credential
         "ce-specversion": "1.0",
         "ce-type": "dev.knative.kafka.event",
         "ce-id": f"partition:0/offset:{offset}",
@@ -47,7 +48,10 @@ def test_liveness_answers_within_a_second_while_every_slot_waits_for_kafka(stack
     def kafka_path(offset: int) -> tuple[int, float]:
         started = time.monotonic()
         r = requests.post(
-            served.url + "/", data=value, headers=_kafka_event(topic, offset), timeout=60
+            served.url + "/",
+            data=value,
+            headers=_kafka_event(topic, offset, down.settings.auth_token),
+            timeout=60,
         )
         return r.status_code, time.monotonic() - started
 
