@@ -48,8 +48,9 @@ def register_url(stack):
 
 
 @pytest.fixture
-def run_kml(register_url, monkeypatch, tmp_path):
+def run_kml(register_url, stack, monkeypatch, tmp_path):
     monkeypatch.setenv("KML_REGISTER_URL", register_url)
+    monkeypatch.setenv("KML_AUTH_TOKEN", stack.auth_token)  # the session's token, as a user's
     monkeypatch.setenv("KML_STATE_DIR", str(tmp_path / "state"))
     from kml.commands import common
 
