@@ -8,9 +8,12 @@ scaling it 0..N on that group's lag.
 
 ``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
 The pods read their connection settings from the ConfigMap ``kml-settings`` and the S3
-credentials from the Secret ``kml-s3`` (never inlined). When the settings name a Strimzi
-cluster (``strimzi_cluster``), a ``KafkaTopic`` for the input and the output topic comes with
-them, so a KafkaSource never waits for a topic nobody creates.
+credentials from the Secret ``kml-s3`` (never inlined); an event-mode Service mounts the hashed
+tokens of the Secret ``kml-tokens`` and is cluster-local unless the spec asks ``public``. A
+NetworkPolicy admits only Knative's namespaces to the pods. The image must be one the
+operator allowed (``Settings.allowed_infer_images``): a spec naming another renders nothing.
+When the settings name a Strimzi cluster (``strimzi_cluster``), a ``KafkaTopic`` for the input
+and the output topic comes with them, so a KafkaSource never waits for a topic nobody creates.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from typing import Any
 
 import yaml
 
+from kafkaml.errors import ValidationFailed
 from kafkaml.events import BYTE_ARRAY_KEYS
+from kafkaml.policies import TOKENS_MOUNT, network_policy, tokens_volume
 from kafkaml.settings import Settings
 
 SETTINGS_CONFIGMAP = "kml-settings"
@@ -88,6 +93,7 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
         "app.kubernetes.io/instance": name,
         "app.kubernetes.io/part-of": "kafka-ml-knative",
     }
+    image_of(spec, settings)  # refuses an image the operator did not allow
     topics = [_kafka_topic(t, settings, labels) for t in inference_topics(spec)]
     if not settings.strimzi_cluster:
         topics = []
@@ -95,13 +101,35 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
         return [
             _deployment(spec, settings, name, labels),
             _scaled_object(spec, settings, name, labels),
+            network_policy(settings, name, labels, stream=True),
             *topics,
         ]
     return [
         _service(spec, settings, name, labels),
         _kafka_source(spec, settings, name, labels),
+        network_policy(settings, name, labels, stream=False),
         *topics,
     ]
+
+
+def image_problem(image: Any, settings: Settings) -> str | None:
+    """Why an inference spec may not name ``image`` (None: it may; None means the default)."""
+    allowed = settings.allowed_infer_images
+    if image is None or image in allowed:
+        return None
+    return (
+        f"image: {image!r} is not an allowed inference image (allowed: {', '.join(allowed)}; "
+        "the operator sets KML_INFER_IMAGES)"
+    )
+
+
+def image_of(spec: Mapping[str, Any], settings: Settings) -> str:
+    """The container image of a deployment: the spec's, if the operator allows it (422 else)."""
+    if problem := image_problem(spec.get("image"), settings):
+        raise ValidationFailed(
+            "image not allowed", [problem], allowed=list(settings.allowed_infer_images)
+        )
+    return spec.get("image") or settings.infer_image
 
 
 def inference_topics(spec: Mapping[str, Any]) -> list[str]:
@@ -153,7 +181,7 @@ def _service(
     slots = scaling.target_concurrency or settings.infer_request_slots
     container = {
         "name": "infer",
-        "image": spec.get("image") or settings.infer_image,
+        "image": image_of(spec, settings),
         "command": infer_gunicorn_command(slots),
         "ports": [{"containerPort": CONTAINER_PORT}],
         "env": [
@@ -164,6 +192,7 @@ def _service(
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
             {"secretRef": {"name": S3_SECRET}},
         ],
+        "volumeMounts": [{"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}],
         "resources": {
             "requests": {"cpu": "250m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},
@@ -179,13 +208,16 @@ def _service(
             "failureThreshold": 3,
         },
     }
+    visibility = (
+        {} if spec.get("public") else {"networking.knative.dev/visibility": "cluster-local"}
+    )
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {
             "name": name,
             "namespace": settings.namespace,
-            "labels": {**labels, "networking.knative.dev/visibility": "cluster-local"},
+            "labels": {**labels, **visibility},
         },
         "spec": {
             "template": {
@@ -202,6 +234,7 @@ def _service(
                     "containerConcurrency": scaling.target_concurrency,
                     "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
                     "containers": [container],
+                    "volumes": [tokens_volume()],
                 },
             }
         },
@@ -254,7 +287,7 @@ def _deployment(
     probe = {"port": CONTAINER_PORT}
     container = {
         "name": "infer",
-        "image": spec.get("image") or settings.infer_image,
+        "image": image_of(spec, settings),
         "command": STREAM_COMMAND,
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
         "env": [

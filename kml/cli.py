@@ -8,6 +8,7 @@ from kml.commands import dev
 from kml.commands import inference as inference_commands
 from kml.commands import registry as registry_commands
 from kml.commands import streams as streams_commands
+from kml.commands import tokens as tokens_commands
 from kml.commands import training as training_commands
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app.command("train")(training_commands.train)
 app.add_typer(training_commands.runs_app, name="runs")
 app.add_typer(training_commands.datasources_app, name="datasources")
 app.add_typer(streams_commands.streams_app, name="streams")
+app.add_typer(tokens_commands.app, name="tokens")
 
 if __name__ == "__main__":  # pragma: no cover
     app()

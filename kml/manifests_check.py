@@ -173,6 +173,22 @@ def check_documents(docs: list[dict[str, Any]], crds: dict[SchemaKey, dict[str, 
     return problems + check_references(docs)
 
 
+def check_rendered(
+    docs: list[dict[str, Any]], crds: dict[SchemaKey, dict[str, Any]] | None = None
+) -> list[str]:
+    """Every problem of manifests rendered to be applied to a cluster that already holds the
+    base (so references to its ConfigMap and Secrets are not looked for): the Kubernetes core
+    schemas, the rules, and the CRD schemas when ``crds`` has them (without, Knative's and
+    KEDA's kinds are checked by the rules alone)."""
+    problems: list[str] = []
+    for doc in docs:
+        found = schema_problems(doc, crds or {})
+        if not crds:
+            found = [p for p in found if not p.startswith("no CRD schema for ")]
+        problems += [f"{name_of(doc)}: {p}" for p in found + rule_problems(doc)]
+    return problems
+
+
 def missing_topics(docs: list[dict[str, Any]], strimzi_docs: list[dict[str, Any]]) -> list[str]:
     """Topics read or written by ``docs`` (KafkaSources, KafkaSinks, ScaledObjects' Kafka
     triggers, the settings) that have no KafkaTopic in ``strimzi_docs``."""

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from kafkaml.manifests import EVENT, MODES, SERVICE_PREFIX, Scaling
+from kafkaml.manifests import EVENT, MODES, SERVICE_PREFIX, Scaling, image_problem
 from kafkaml.parsing import is_digits
+from kafkaml.settings import Settings
 from kafkaml.wire import FORMATS, TOPIC_RE
 from storage.records import Record, int_problem, is_int, name_problem, refs_problems
 
@@ -38,6 +39,19 @@ _SCALING = Scaling()
 INFERENCE_ID_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$")
 """DNS-1035-safe once prefixed with the Service prefix (Knative Service names)."""
 IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
+
+
+def cap_problems(
+    data: Mapping[str, Any], problems: list[str], caps: tuple[tuple[str, int, str], ...]
+) -> list[str]:
+    """Each field over the operator's cap ``(field, cap, setting)``, naming the cap and its
+    setting; a field already wrong for another reason is not named twice."""
+    named = {p.split(":", 1)[0] for p in problems}
+    return [
+        f"{name}: {data[name]} is above the cap of {cap} (KML_{setting.upper()})"
+        for name, cap, setting in caps
+        if name not in named and is_int(data.get(name)) and data[name] > cap
+    ]
 
 
 def keyword_problems(field: str, kwargs: Any, allowed: Mapping[str, int | None]) -> list[str]:
@@ -101,8 +115,8 @@ class Deployment(Record):
             object.__setattr__(self, "id", str(self.id))
 
     @classmethod
-    def problems(cls, data: Mapping[str, Any]) -> list[str]:
-        """Every problem of a ``kml.deployment.create`` body."""
+    def problems(cls, data: Mapping[str, Any], settings: Settings | None = None) -> list[str]:
+        """Every problem of a ``kml.deployment.create`` body (over the settings' caps too)."""
         problems = super().problems(data)
         if data.get("id") is not None:
             value = str(data["id"]) if is_int(data["id"]) else data["id"]
@@ -133,7 +147,15 @@ class Deployment(Record):
         problems.extend(
             keyword_problems("evaluate_kwargs", data.get("evaluate_kwargs"), EVALUATE_KEYWORDS)
         )
-        return problems
+        caps = settings or Settings()
+        return problems + cap_problems(
+            data,
+            problems,
+            (
+                ("epochs", caps.train_max_epochs, "train_max_epochs"),
+                ("batch_size", caps.train_max_batch_size, "train_max_batch_size"),
+            ),
+        )
 
     def keyword_problems(self) -> list[str]:
         """Problems of the stored ``fit_kwargs`` / ``evaluate_kwargs`` (checked before fitting)."""
@@ -150,7 +172,7 @@ class InferenceSpec(Record):
     """
 
     KIND = "inference spec"
-    OMITTED_WHEN_NONE = frozenset({"created", "id", "image"})
+    OMITTED_WHEN_NONE = frozenset({"created", "id", "image", "public"})
     LIMITS = MappingProxyType(
         {"min_scale": (0, 1000), "max_scale": (1, 1000), "target_concurrency": (1, 1000)}
     )
@@ -173,7 +195,11 @@ class InferenceSpec(Record):
     """One of ``kafkaml.manifests.MODES``: ``event`` (a Knative Service fed by a KafkaSource)
     or ``stream`` (batched consumers in a Deployment that KEDA scales on lag)."""
     image: str | None = None
-    """The container image of the rendered Service; the settings' infer image when None."""
+    """The container image of the rendered Service; the settings' infer image when None. Only
+    an image the operator allowed (``Settings.allowed_infer_images``) is accepted."""
+    public: bool | None = None
+    """True: the Service has a route outside the cluster (its callers still need a ``predict``
+    token); otherwise it is cluster-local."""
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -185,9 +211,13 @@ class InferenceSpec(Record):
         return tuple(f for f in cls.input_fields() if f not in optional)
 
     @classmethod
-    def problems(cls, data: Mapping[str, Any]) -> list[str]:
-        """Every problem of a ``kml.inference.create`` body (model and input may come later)."""
+    def problems(cls, data: Mapping[str, Any], settings: Settings | None = None) -> list[str]:
+        """Every problem of a ``kml.inference.create`` body (model and input may come later),
+        against the settings' caps and allowed images too."""
         problems = super().problems(data)
+        caps = settings or Settings()
+        if data.get("public") is not None and not isinstance(data["public"], bool):
+            problems.append("public: must be true or false")
         if data.get("id") is not None and not (
             isinstance(data["id"], str) and INFERENCE_ID_RE.match(data["id"])
         ):
@@ -228,4 +258,14 @@ class InferenceSpec(Record):
         image = data.get("image")
         if image is not None and (not isinstance(image, str) or not IMAGE_RE.match(image)):
             problems.append(f"image: {image!r} is not a container image reference")
-        return problems
+        elif p := image_problem(image, caps):
+            problems.append(p)
+        return problems + cap_problems(
+            data,
+            problems,
+            (
+                ("min_scale", caps.infer_max_scale, "infer_max_scale"),
+                ("max_scale", caps.infer_max_scale, "infer_max_scale"),
+                ("target_concurrency", caps.infer_max_concurrency, "infer_max_concurrency"),
+            ),
+        )

@@ -114,10 +114,13 @@ def create_configuration(registry: Registry, data: Any) -> dict[str, Any]:
     return registry.create_configuration({"description": "", **data})
 
 
-def create_deployment(registry: Registry, data: Any) -> dict[str, Any]:
-    """``kml.deployment.create``: a configuration (or models) plus training parameters."""
+def create_deployment(
+    registry: Registry, data: Any, settings: Settings | None = None
+) -> dict[str, Any]:
+    """``kml.deployment.create``: a configuration (or models) plus training parameters, within
+    the settings' caps on epochs and batch size."""
     data = schemas.require_object(data, "kml.deployment.create")
-    schemas.raise_if(schemas.check_deployment(data), "deployment")
+    schemas.raise_if(schemas.check_deployment(data, settings), "deployment")
     record = {
         "description": "",
         "batch_size": 32,
@@ -146,7 +149,7 @@ def create_deployment(registry: Registry, data: Any) -> dict[str, Any]:
 def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[str, Any]:
     """``kml.inference.create``: check the run, store the spec, render and store manifests."""
     data = schemas.require_object(data, "kml.inference.create")
-    schemas.raise_if(schemas.check_inference(data), "inference")
+    schemas.raise_if(schemas.check_inference(data, settings), "inference")
     run, _ = registry.get_run(data["run_id"])
     status = run.get("status")
     if status in ("claimed", "running"):
@@ -182,6 +185,8 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
         spec["id"] = data["id"]
     if data.get("image") is not None:
         spec["image"] = data["image"]
+    if data.get("public") is not None:
+        spec["public"] = data["public"]
     if data.get("mode") is not None:
         spec["mode"] = data["mode"]
     record = registry.create_inference(spec)
@@ -257,7 +262,10 @@ ROUTES: dict[str, tuple[str, Create]] = {
         events.CONFIGURATION_CREATED,
         lambda r, s, d: create_configuration(r, d),
     ),
-    events.DEPLOYMENT_CREATE: (events.DEPLOYMENT_CREATED, lambda r, s, d: create_deployment(r, d)),
+    events.DEPLOYMENT_CREATE: (
+        events.DEPLOYMENT_CREATED,
+        lambda r, s, d: create_deployment(r, d, s),
+    ),
     events.INFERENCE_CREATE: (events.INFERENCE_CREATED, create_inference),
 }
 """Event type -> (answer type, create function)."""

@@ -30,7 +30,12 @@ class KubectlFailed(KmlError):
 @deploy_app.command("inference")
 def deploy_inference(
     inference_id: str = typer.Argument(..., help="The inference deployment's id."),
-    apply: bool = typer.Option(False, "--apply", help="Pipe the YAML to `kubectl apply -f -`."),
+    apply: bool = typer.Option(
+        False,
+        "--apply",
+        help="Render the stored spec with this machine's settings, check it, and pipe it to "
+        "`kubectl apply -f -` (never the YAML stored in S3).",
+    ),
     local: bool = typer.Option(
         False,
         "--local",
@@ -39,7 +44,8 @@ def deploy_inference(
     ),
     state_dir: str | None = StateDir,
 ) -> None:
-    """Print the deployment's Knative Service and KafkaSource YAML, apply it, or run it locally."""
+    """Print the deployment's manifests (rendered from its stored spec, checked), apply them,
+    or run it locally."""
     with friendly_errors():
         settings = load_settings(state_dir)
         if local:
@@ -88,18 +94,32 @@ def create_topics_if_reachable(
 
 
 def manifests_yaml(settings: Settings, inference_id: str) -> str:
-    """The YAML the register function stored for the deployment, else rendered from its spec."""
-    from storage.registry import Registry
-
-    registry = Registry.from_settings(settings)
-    try:
-        return registry.get_inference_manifests(inference_id)
-    except NotFound:
-        pass
+    """The deployment's manifests rendered again from its stored spec with these settings (their
+    namespace, Kafka and allowed images), the spec checked as register checks a new one and the
+    objects against the schemas and rules: the YAML register stored is never applied, so
+    whoever can write to S3 cannot choose what ``kubectl`` creates."""
+    from kafkaml.errors import ValidationFailed
     from kafkaml.manifests import render_inference_manifests, to_yaml
+    from kml.manifests_check import check_rendered, crd_schema_dir, load_crd_schemas
+    from storage.registry import Registry
+    from storage.specs import InferenceSpec
 
-    spec = registry.get_inference(inference_id)
-    return to_yaml(render_inference_manifests(spec, settings))
+    spec = Registry.from_settings(settings).get_inference(inference_id)
+    given = {k: v for k, v in spec.items() if k in InferenceSpec.input_fields()}
+    problems = InferenceSpec.problems(given, settings)
+    if problems:
+        raise ValidationFailed(
+            f"stored inference spec {inference_id} refused: {'; '.join(problems)}", problems
+        )
+    docs = render_inference_manifests(spec, settings)
+    directory = crd_schema_dir()
+    crds = load_crd_schemas(directory) if any(directory.glob("*.yaml")) else {}
+    problems = check_rendered(docs, crds)
+    if problems:
+        raise ValidationFailed(
+            f"manifests of inference {inference_id} are invalid: {'; '.join(problems)}", problems
+        )
+    return to_yaml(docs)
 
 
 def kubectl_apply(yaml_text: str, kubectl: str = "kubectl") -> str:

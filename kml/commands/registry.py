@@ -306,7 +306,12 @@ def inference_create(
         "--target-concurrency",
         help=f"Requests in flight per replica (default {SCALING.target_concurrency}).",
     ),
-    image: str | None = typer.Option(None, "--image"),
+    image: str | None = typer.Option(
+        None, "--image", help="One of the images the operator allows (KML_INFER_IMAGES)."
+    ),
+    public: bool = typer.Option(
+        False, "--public", help="Give the Service a route outside the cluster (default: none)."
+    ),
     mode: str | None = typer.Option(
         None,
         "--mode",
@@ -330,6 +335,7 @@ def inference_create(
             max_scale=max_scale,
             target_concurrency=target_concurrency,
             image=image,
+            public=True if public else None,
             mode=mode,
         )
         from kml.commands.inference import create_topics_if_reachable

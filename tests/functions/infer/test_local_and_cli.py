@@ -68,6 +68,8 @@ def test_local_inference_is_wired_for_the_bridge_and_kml_predict_calls_it(
                 deployment.id,
                 "--url",
                 url,
+                "--state-dir",  # whose token to send: the local stack's owner's
+                state,
                 "--event",
                 "--instances",
                 json.dumps(digits.inputs[:2].tolist()),
@@ -77,7 +79,17 @@ def test_local_inference_is_wired_for_the_bridge_and_kml_predict_calls_it(
         assert len(json.loads(as_event.output)["predictions"]) == 2
 
         bad = runner.invoke(
-            app, ["predict", deployment.id, "--url", url, "--instances", "[[1, 2, 3]]"]
+            app,
+            [
+                "predict",
+                deployment.id,
+                "--url",
+                url,
+                "--state-dir",
+                state,
+                "--instances",
+                "[[1, 2, 3]]",
+            ],
         )
         assert bad.exit_code == 1 and "[3]" in bad.output
     finally:
@@ -105,11 +117,12 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
     printed = runner.invoke(app, ["deploy", "inference", deployment.id, "--state-dir", state])
     assert printed.exit_code == 0, printed.output
     kinds = [d["kind"] for d in yaml.safe_load_all(printed.output)]
-    assert kinds == ["Service", "KafkaSource"]  # rendered from the spec: nothing stored yet
+    assert kinds == ["Service", "KafkaSource", "NetworkPolicy"]  # rendered from the spec
     stored = printed.output.replace("namespace: default", "namespace: stored-by-register")
     Registry.from_settings(stack).put_inference_manifests(deployment.id, stored)
     again = runner.invoke(app, ["deploy", "inference", deployment.id, "--state-dir", state])
-    assert again.exit_code == 0 and again.output == stored  # what register stored wins
+    # the YAML stored in S3 is never used: the spec is rendered again with these settings
+    assert again.exit_code == 0 and again.output == printed.output
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -128,4 +141,4 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
     )
     assert applied.exit_code == 0, applied.output
     assert "applied apply -f -" in applied.output
-    assert received.read_text() == stored
+    assert received.read_text() == printed.output

@@ -40,15 +40,16 @@ def docs() -> dict[str, dict]:
 
 
 def test_stream_mode_renders_a_deployment_and_a_scaled_object_instead_of_knative(docs):
-    assert set(docs) == {"Deployment", "ScaledObject"}
+    assert set(docs) == {"Deployment", "ScaledObject", "NetworkPolicy"}
     assert docs["Deployment"]["apiVersion"] == "apps/v1"
     assert docs["ScaledObject"]["apiVersion"] == "keda.sh/v1alpha1"
     event = render_inference_manifests({**SPEC, "mode": "event"}, SETTINGS)
-    assert [d["kind"] for d in event] == ["Service", "KafkaSource"]
+    assert [d["kind"] for d in event] == ["Service", "KafkaSource", "NetworkPolicy"]
     unset = {k: v for k, v in SPEC.items() if k != "mode"}  # specs stored before modes existed
     assert [d["kind"] for d in render_inference_manifests(unset, SETTINGS)] == [
         "Service",
         "KafkaSource",
+        "NetworkPolicy",
     ]
 
 
@@ -174,7 +175,7 @@ def test_register_stores_a_stream_spec_and_its_stream_manifests():
     record = create({**body, "mode": "stream"})
     assert registry.get_inference("s1")["mode"] == record["mode"] == "stream"
     kinds = [d["kind"] for d in yaml.safe_load_all(registry.get_inference_manifests("s1"))]
-    assert kinds == ["Deployment", "ScaledObject"]
+    assert kinds == ["Deployment", "ScaledObject", "NetworkPolicy"]
     with pytest.raises(ValidationFailed) as bad:
         create({**body, "id": "s2", "mode": "batch"})
     assert bad.value.problems == ["mode: 'batch' must be one of event, stream"]

@@ -57,7 +57,7 @@ def test_on_strimzi_the_input_and_output_topics_come_as_kafka_topics(mode):
 
 def test_without_strimzi_no_kafka_topic_and_the_check_names_the_topics_to_create():
     docs = render_inference_manifests(SPEC, Settings(namespace="kml"))
-    assert _kinds(docs) == ["Service", "KafkaSource"]
+    assert _kinds(docs) == ["Service", "KafkaSource", "NetworkPolicy"]
     assert missing_topics(docs, []) == [
         "KafkaSource/kml-infer-digits1: topic 'Digits_In' has no KafkaTopic in the "
         "strimzi-kafka overlay"
@@ -71,7 +71,13 @@ def test_the_strimzi_overlay_makes_register_render_kafka_topics_that_fit_its_bui
     ]
     settings = Settings.from_env(config["data"])  # what register runs with on that cluster
     docs = render_inference_manifests(SPEC, settings)
-    assert _kinds(docs) == ["Service", "KafkaSource", "KafkaTopic", "KafkaTopic"]
+    assert _kinds(docs) == [
+        "Service",
+        "KafkaSource",
+        "NetworkPolicy",
+        "KafkaTopic",
+        "KafkaTopic",
+    ]
     assert check_documents(overlay + docs, crds) == []
     assert missing_topics(docs, overlay + docs) == []
 
@@ -82,7 +88,7 @@ def _threads(container: dict) -> int:
 
 
 def test_the_service_runs_one_slot_per_request_let_in_and_threads_for_the_probes():
-    (service, _) = render_inference_manifests(SPEC, Settings())
+    service = render_inference_manifests(SPEC, Settings())[0]
     pod = service["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}

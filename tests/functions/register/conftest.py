@@ -46,7 +46,12 @@ def registry(stack) -> Registry:
 
 @pytest.fixture(scope="session")
 def app_settings(stack) -> Settings:
-    return stack.replace(max_body_bytes=2 * 1024 * 1024, namespace="kml")
+    # The operator allows a second inference image, which a spec may then name.
+    return stack.replace(
+        max_body_bytes=2 * 1024 * 1024,
+        namespace="kml",
+        infer_images=f"{stack.infer_image},example/infer:dev",
+    )
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ def test_defaults_come_from_the_run_and_its_datasource(
     assert record["input_config"] == RAW_CONFIG
     assert (record["min_scale"], record["max_scale"], record["target_concurrency"]) == (0, 3, 10)
     docs = list(yaml.safe_load_all(record["manifests"]))
-    assert [d["kind"] for d in docs] == ["Service", "KafkaSource"]
+    assert [d["kind"] for d in docs] == ["Service", "KafkaSource", "NetworkPolicy"]
     assert docs[1]["spec"]["topics"] == [f"in-{unique}"]
     stored = registry.store.get(f"inference/{record['id']}.yaml").body.decode()
     assert stored == record["manifests"]
