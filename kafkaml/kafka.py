@@ -122,14 +122,37 @@ def read_offset_ranges(
     timeout_s: float = 30.0,
     batch_size: int = 5000,
     config: dict[str, Any] | None = None,
+    max_bytes: int = 0,
 ) -> RangeRecords:
-    """Read exactly the offsets ``[start, end)`` of each range (one pass, batched consume)."""
+    """Read exactly the offsets ``[start, end)`` of each range (one pass, batched consume).
+
+    ``max_bytes`` (0: no bound) bounds the keys and values read together: passing it stops the
+    read at once with a 413 naming ``KML_TRAIN_MAX_BYTES``."""
     consumer = _reader(bootstrap, config)
     try:
         check_ranges(consumer, bootstrap, ranges, timeout_s)
-        return _read(consumer, bootstrap, ranges, timeout_s, batch_size)
+        return _read(consumer, bootstrap, ranges, timeout_s, batch_size, ByteBudget(max_bytes))
     finally:
         consumer.close()
+
+
+class ByteBudget:
+    """Bytes of keys and values a read may take; 0 means unbounded."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    def spend(self, values: list[bytes | None], keys: list[bytes | None]) -> None:
+        if not self.limit:
+            return
+        self.used += sum(len(v) for v in values if v) + sum(len(k) for k in keys if k)
+        if self.used > self.limit:
+            raise PayloadTooLarge(
+                f"the offset ranges hold more than {self.limit} bytes of training data "
+                "(KML_TRAIN_MAX_BYTES)",
+                limit=self.limit,
+                setting="KML_TRAIN_MAX_BYTES",
+            )
 
 
 def _read(
@@ -138,11 +161,13 @@ def _read(
     ranges: Sequence[OffsetRange],
     timeout_s: float,
     batch_size: int,
+    budget: ByteBudget | None = None,
 ) -> RangeRecords:
     out = RangeRecords()
+    budget = budget or ByteBudget(0)
     with _gc_paused():
         for r in ranges:
-            values, keys = _read_range(consumer, bootstrap, r, timeout_s, batch_size)
+            values, keys = _read_range(consumer, bootstrap, r, timeout_s, batch_size, budget)
             out.values += values
             out.keys += keys
             out.counts[str(r)] = len(values)
@@ -164,7 +189,12 @@ def _gc_paused():
 
 
 def _read_range(
-    consumer: Consumer, bootstrap: str, r: OffsetRange, timeout_s: float, batch_size: int
+    consumer: Consumer,
+    bootstrap: str,
+    r: OffsetRange,
+    timeout_s: float,
+    batch_size: int,
+    budget: ByteBudget,
 ) -> tuple[list[bytes], list[bytes | None]]:
     """One partition's ``[start, end)``, a batch at a time: per message only ``error()``,
     ``value()`` and ``key()``, mapped in C; offsets are read only in the batch crossing the end."""
@@ -200,11 +230,12 @@ def _read_range(
                 next_offset = batch[-1].offset() + 1
             if next_offset >= r.end:
                 batch = [m for m in batch if m.offset() < r.end]
-                values += map(Message.value, batch)
-                keys += map(Message.key, batch)
+            got, got_keys = list(map(Message.value, batch)), list(map(Message.key, batch))
+            budget.spend(got, got_keys)
+            values += got
+            keys += got_keys
+            if next_offset >= r.end:
                 return values, keys
-            values += map(Message.value, batch)
-            keys += map(Message.key, batch)
             if eof:  # the partition ends before ``end`` (records compacted or transactional)
                 return values, keys
     finally:

@@ -14,7 +14,7 @@ import numpy as np
 
 from functions.infer.batcher import split_rows
 from functions.infer.serving import InferenceService
-from kafkaml.errors import BadRequest, ValidationFailed
+from kafkaml.errors import BadRequest, PayloadTooLarge, ValidationFailed
 
 
 def instances_of(body: Any) -> list[Any]:
@@ -73,8 +73,17 @@ def _stack_as(
 
 
 def predict_instances(service: InferenceService, body: Any) -> dict[str, Any]:
-    """Predictions for every instance of ``body``, computed in one (batched) model call."""
+    """Predictions for every instance of ``body``, computed in one (batched) model call; more
+    instances than ``infer_max_instances`` are a 413 naming the cap."""
     instances = instances_of(body)
+    cap = service.settings.infer_max_instances
+    if len(instances) > cap:
+        raise PayloadTooLarge(
+            f"{len(instances)} instances is above the cap of {cap} per request "
+            "(KML_INFER_MAX_INSTANCES); send them in several requests",
+            limit=cap,
+            setting="KML_INFER_MAX_INSTANCES",
+        )
     model = service.loaded.model
     x = service.conform(to_batch(instances, model.input_dtype, model.input_shape))
     return {"predictions": split_rows(service.predict(x))}

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,9 +72,10 @@ def fetch_model(registry: Any, spec: dict[str, Any], cache_dir: str) -> ModelFil
     )
 
 
-def load_model(file: ModelFile, num_threads: int | None = 1) -> Model:
+def load_model(file: ModelFile, num_threads: int | None = 1, cache_size: int = 16) -> Model:
+    """The model of ``file``; a LiteRT model keeps at most ``cache_size`` interpreters."""
     if file.runtime == LITERT:
-        return LiteRtModel(file.path.read_bytes(), num_threads=num_threads)
+        return LiteRtModel(file.path.read_bytes(), num_threads=num_threads, cache_size=cache_size)
     return KerasModel(file.path)
 
 
@@ -81,12 +83,17 @@ class LiteRtModel:
     """A LiteRT interpreter per power-of-two batch bucket; inputs are zero-padded to the bucket.
 
     An interpreter is not thread safe and its batch axis is fixed once allocated, so each bucket
-    keeps its own, allocated once, and every call holds the lock.
+    keeps its own, allocated once, and every call holds the lock. A model with dynamic
+    dimensions needs one per bucket and instance shape: at most ``cache_size`` are kept (the
+    least recently used is dropped), so callers sending ever new shapes cannot fill the memory.
     """
 
     runtime = LITERT
 
-    def __init__(self, content: bytes, num_threads: int | None = 1) -> None:
+    def __init__(self, content: bytes, num_threads: int | None = 1, cache_size: int = 16) -> None:
+        if cache_size < 1:
+            raise ValueError(f"KML_INFER_INTERPRETER_CACHE={cache_size} must be at least 1")
+        self.cache_size = cache_size
         from ai_edge_litert.interpreter import Interpreter
 
         self._factory = lambda: Interpreter(model_content=content, num_threads=num_threads)
@@ -98,7 +105,7 @@ class LiteRtModel:
         self.input_shape = tuple(None if d < 0 else int(d) for d in sig[1:])
         self.input_dtype = np.dtype(inputs[0]["dtype"])
         self._lock = threading.Lock()
-        self._by_bucket: dict[int, Any] = {}
+        self._by_bucket: OrderedDict[Any, Any] = OrderedDict()
 
     def predict(self, x: np.ndarray) -> Outputs:
         with self._lock:
@@ -126,7 +133,16 @@ class LiteRtModel:
             interpreter.resize_tensor_input(index, [bucket, *shape], strict=False)
             interpreter.allocate_tensors()
             self._by_bucket[key] = interpreter
+            while len(self._by_bucket) > self.cache_size:
+                self._by_bucket.popitem(last=False)
+        else:
+            self._by_bucket.move_to_end(key)
         return interpreter
+
+    @property
+    def interpreters(self) -> int:
+        """How many interpreters are kept now."""
+        return len(self._by_bucket)
 
 
 class KerasModel:

@@ -51,7 +51,7 @@ def load_from_storage(settings: Settings) -> Loaded:
             }
         },
     )
-    return Loaded(spec, load_model(file))
+    return Loaded(spec, load_model(file, cache_size=settings.infer_interpreter_cache))
 
 
 class InferenceService:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kafkaml.codecs import UndecodableRecord
+from kafkaml.errors import ValidationFailed
 from kafkaml.kafka import RangeRecords, read_offset_ranges
 from kafkaml.settings import Settings
 from kafkaml.wire import ControlMessage, OffsetRange, codec_for
@@ -20,8 +21,27 @@ OffsetReader = Callable[[Settings, Sequence[OffsetRange]], RangeRecords]
 
 
 def read_from_kafka(settings: Settings, ranges: Sequence[OffsetRange]) -> RangeRecords:
-    """The records of ``ranges`` from the settings' Kafka, every wait bounded."""
-    return read_offset_ranges(settings.kafka_bootstrap, ranges, timeout_s=settings.kafka_timeout_s)
+    """The records of ``ranges`` from the settings' Kafka, every wait and the bytes bounded."""
+    return read_offset_ranges(
+        settings.kafka_bootstrap,
+        ranges,
+        timeout_s=settings.kafka_timeout_s,
+        max_bytes=settings.train_max_bytes,
+    )
+
+
+def check_record_cap(settings: Settings, ranges: Sequence[OffsetRange]) -> None:
+    """422 before anything is read when the ranges span more records than one run may take."""
+    total = sum(max(0, r.count) for r in ranges)
+    if total > settings.train_max_records:
+        raise ValidationFailed(
+            "too many records for one run",
+            [
+                f"ranges: {total} records is above the cap of {settings.train_max_records} "
+                "(KML_TRAIN_MAX_RECORDS)"
+            ],
+            limit=settings.train_max_records,
+        )
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,9 @@ def split(
 def load(
     settings: Settings, msg: ControlMessage, seed: int, reader: OffsetReader = read_from_kafka
 ) -> Dataset:
-    """Read the ranges exactly once (from Kafka by default), decode, shuffle and split."""
+    """Read the ranges exactly once (from Kafka by default), decode, shuffle and split; the
+    record cap is checked before reading, the byte cap while reading."""
+    check_record_cap(settings, msg.ranges)
     records = reader(settings, msg.ranges)
     log.info(
         "read training data",
