@@ -149,16 +149,28 @@ def collect(
         {"bootstrap.servers": bootstrap, "group.id": f"tally-{uuid.uuid4()}",
          "enable.auto.commit": False}
     )  # fmt: skip
-    parts = []
-    for topic in (output_topic, dlq_topic):
-        meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        parts += [TopicPartition(topic, p, 0) for p in meta.partitions]
-    consumer.assign(parts)
+    assigned: set[tuple[str, int]] = set()
+
+    def follow_new_partitions() -> None:  # a topic may appear (auto-created) while we wait
+        new = []
+        for topic in (output_topic, dlq_topic):
+            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            for p in meta.partitions if meta is not None and meta.error is None else ():
+                if (topic, p) not in assigned:
+                    assigned.add((topic, p))
+                    new.append(TopicPartition(topic, p, 0))
+        if new:
+            consumer.incremental_assign(new)
+
     tally = Tally()
     deadline = time.monotonic() + timeout_s
     settle_until = None
+    looked = 0.0
     try:
         while time.monotonic() < deadline:
+            if time.monotonic() - looked > 2.0:
+                follow_new_partitions()
+                looked = time.monotonic()
             for m in consumer.consume(1000, timeout=0.5):
                 if m.error() is not None:
                     continue
