@@ -132,10 +132,10 @@ class ControlMessage:
         defining = {
             "deployment_id": self.deployment_id,
             "ranges": ranges,
-            "input_format": self.input_format,
+            "input_format": str(self.input_format).upper(),
             "input_config": self.input_config,
-            "validation_rate": self.validation_rate,
-            "test_rate": self.test_rate,
+            "validation_rate": float(self.validation_rate),  # 0 and 0.0 are one rate
+            "test_rate": float(self.test_rate),
         }
         canonical = json.dumps(defining, sort_keys=True, separators=(",", ":"), default=str)
         return f"run-{hashlib.sha256(canonical.encode()).hexdigest()[:20]}"

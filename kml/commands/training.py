@@ -1,4 +1,4 @@
-"""``kml train``, ``kml runs show``, ``kml datasources reuse``: training from the command line."""
+"""``kml train``, ``kml runs show | retry``, ``kml datasources reuse``: training by command."""
 
 from __future__ import annotations
 
@@ -128,6 +128,10 @@ def follow_run(settings: Settings, run_id: str, start: dict[int, int], timeout_s
             elif kind.endswith(".completed"):
                 progress.update(waiting, visible=False)
                 return True
+            elif kind.endswith(".failed") and data.get("permanent") is False:
+                # transient: the control message is delivered again and the run retried
+                progress.update(waiting, description=f"run {run_id}: retrying", visible=True)
+                err_console.print(f"run {run_id}: attempt failed, retried: {data.get('reason')}")
             elif kind.endswith(".failed"):
                 err_console.print(f"[bold red]run {run_id} failed:[/] {data.get('reason')}")
                 return False
@@ -214,6 +218,55 @@ def show(run_id: str = typer.Argument(..., help="Run id (printed by kml train)."
                     highlight=False,
                     markup=False,
                 )
+
+
+@runs_app.command("retry")
+def retry(
+    run_id: str = typer.Argument(..., help="A failed run (or one whose attempt died)."),
+    kafka_ml_key: bool = typer.Option(False, help="Write Kafka-ML's one-byte key."),
+) -> None:
+    """Train a failed run again: make it retryable and publish its control message once more.
+
+    For a run that failed permanently (bad data fixed since, a deployment created late) or
+    transiently, and for one whose attempt died (its lease lapsed) after the deliveries ran
+    out. The run keeps its id and its history (``retries``: who asked, when, the reason it had
+    failed with); the next attempt is ``attempt + 1``. A run that succeeded, or that a live
+    attempt holds, is left alone.
+    """
+    import time
+
+    from storage.registry import Registry
+
+    with friendly_errors():
+        settings = load_settings()
+        registry = Registry.from_settings(settings)
+        run = Run.from_dict(registry.get_run(run_id)[0])
+        lease = float(run.extra.get("lease_expires") or 0)
+        if run.status == "succeeded":
+            raise BadRequest(f"run {run_id} succeeded: nothing to retry")
+        if run.status in ("claimed", "running") and lease > time.time():
+            raise BadRequest(
+                f"run {run_id} is {run.status}: attempt {run.extra.get('attempt', 1)} holds it "
+                f"for {lease - time.time():.0f}s more (retry once it failed or its lease lapsed)"
+            )
+        stored = Datasource.from_dict(registry.get_datasource(run.datasource_id or ""))
+        message = parse_control_message(
+            json.dumps(stored.control_message).encode(), None, deployment_id=run.deployment_id
+        )
+        if message.run_id() != run_id:
+            raise BadRequest(
+                f"run {run_id}: its stored control message now defines run {message.run_id()} "
+                "(a run made before run ids covered input format, config and rates); send it "
+                f"again with `kml datasources reuse {stored.id} -d {run.deployment_id}`"
+            )
+        reason = run.reason
+        if run.status == "failed":
+            registry.reopen_run(run_id, requested_by="kml runs retry")
+        republish(settings, stored.control_message, run.deployment_id or "", kafka_ml_key)
+        console.print(
+            f"run {run_id}: control message published again on {settings.control_topic}"
+            + (f" (it had failed: {reason})" if reason else "")
+        )
 
 
 @datasources_app.command("reuse")

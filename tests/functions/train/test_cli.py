@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import numpy as np
 import pytest
+from confluent_kafka import Producer
 from typer.testing import CliRunner
 
 from kafkaml.wire import parse_control_message
@@ -96,3 +98,58 @@ def test_load_data_npz_and_csv(tmp_path):
     (tmp_path / "b.csv").write_text("f1,f2,label\n0.5,1.5,1\n2.0,3.0,0\n")
     x, y = load_data(tmp_path / "b.csv")
     assert x.tolist() == [[0.5, 1.5], [2.0, 3.0]] and y.dtype == np.int64
+
+
+def test_runs_retry_trains_a_permanently_failed_run_once_its_data_is_there(
+    harness, monkeypatch, unique
+):
+    """The range's end was beyond the high watermark (422, permanent: a redelivery repeats it);
+    once the records are there, `kml runs retry` makes the run retryable and publishes its
+    control message again: the same run id trains (attempt 2) and keeps the old reason."""
+    for name, value in harness.settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    settings, registry = harness.settings, harness.registry
+    deployment = harness.deployment(epochs=1)
+    topic = f"retry-{unique}"
+    x, y = digits()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i in range(100):
+        producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes(), partition=0)
+    assert producer.flush(30) == 0
+    body = {
+        "topic": f"{topic}:0:0:200",
+        "input_format": "RAW",
+        "input_config": {"data_type": "uint8", "label_type": "uint8", "data_reshape": "8 8"},
+        "test_rate": 0.2,
+    }
+    sent_long_ago = {
+        "ce-specversion": "1.0",
+        "ce-id": f"old-{unique}",
+        "ce-source": "/tests",
+        "ce-type": "kml.training.request",
+        "ce-time": "2020-01-01T00:00:00Z",  # past the arrival grace: the verdict is permanent
+        "content-type": "application/json",
+    }
+    request = json.dumps({**body, "deployment_id": deployment}).encode()
+    failed = harness.post(sent_long_ago, request)
+    assert failed.status == 422 and "beyond the high watermark" in failed.body["error"]
+    run_id = failed.body["run_id"]
+    assert harness.post(sent_long_ago, request).status == 422  # permanent: repeated, not retried
+
+    busy = CliRunner().invoke(app, ["runs", "retry", f"run-not-{unique}"])
+    assert busy.exit_code == 1 and "no run" in busy.output
+    for i in range(100, 200):
+        producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes(), partition=0)
+    assert producer.flush(30) == 0
+    replies: list = []
+    bridge = _bridge(harness, 1, replies)
+    result = CliRunner().invoke(app, ["runs", "retry", run_id])
+    bridge.join(120)
+    assert result.exit_code == 0, result.output
+    assert "it had failed: offset ranges not available" in result.output
+    assert replies and replies[0].status == 200, replies and replies[0].body
+    run, _ = registry.get_run(run_id)
+    assert (run["status"], run["attempt"], run["splits"]["test"]) == ("succeeded", 2, 40)
+    assert run["retries"][0]["error_status"] == 422
+    again = CliRunner().invoke(app, ["runs", "retry", run_id])
+    assert again.exit_code == 1 and "succeeded: nothing to retry" in again.output

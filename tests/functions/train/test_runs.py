@@ -274,3 +274,13 @@ def test_the_batch_entry_waits_for_a_dead_holder_s_lease_and_finishes_the_run(tf
     assert out["code"] == 0
     assert out["waited"] >= 1.5
     assert (out["run"]["status"], out["run"]["attempt"]) == ("succeeded", 2)
+
+
+def test_the_run_id_a_sink_prints_is_the_run_id_train_finds():
+    """An integer rate from a sink (0) and the parsed float (0.0) are one run."""
+    from kafkaml.wire import ControlMessage
+
+    config = {"data_type": "uint8", "label_type": "uint8"}
+    sent = ControlMessage("7", "t:0:0:10", "raw", config, 0, 0.2)
+    parsed = parse_control_message(json.dumps(sent.body()).encode(), b"7")
+    assert parsed.run_id() == sent.run_id()

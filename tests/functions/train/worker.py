@@ -21,6 +21,8 @@ def post(settings: Settings, headers: dict[str, str], body: bytes) -> tuple[int,
     client = _CLIENTS.get(settings)
     if client is None:
         client = _CLIENTS[settings] = create_app(settings).test_client()
+    if settings.auth_token:  # as the bridge delivers (the test client patch is not here)
+        headers = {"Authorization": f"Bearer {settings.auth_token}", **headers}
     reply = client.post("/", headers=headers, data=body)
     return reply.status_code, json.loads(reply.data or b"null")
 
