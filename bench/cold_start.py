@@ -136,6 +136,7 @@ def infer_start(dep: Deployment, instance: list, cache: Path) -> tuple[dict[str,
     dep = Deployment(dep.settings.replace(model_cache_dir=str(cache)), dep.spec)
     served = spawn(dep)
     session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {dep.settings.auth_token}"
     marks: dict[str, float] = {}
     try:
         while time.monotonic() - served.spawned < 300:
@@ -340,6 +341,7 @@ def train_start(settings: Settings, model: DigitsModel) -> dict[str, float]:
     url = f"http://127.0.0.1:{port}"
     try:
         session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {settings.auth_token}"
         proc.wait_until(lambda: readiness(session, url) == 200, "train to be ready", 120)
         start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
         marks: dict[str, float] = {}

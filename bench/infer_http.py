@@ -28,8 +28,9 @@ CONCURRENCY = (1, 8, 32)
 class Client:
     """One path's request: ``call(session, instance)`` returns when the answer is checked."""
 
-    def __init__(self, url: str, inference_id: str, path: str) -> None:
+    def __init__(self, url: str, inference_id: str, path: str, token: str = "") -> None:
         self.path = path
+        self.auth = {"Authorization": f"Bearer {token}"}  # scope predict
         if path == "kserve":
             self.target = f"{url}/v1/models/{inference_id}:predict"
         else:
@@ -37,7 +38,9 @@ class Client:
 
     def call(self, session: requests.Session, instance: list) -> None:
         if self.path == "kserve":
-            r = session.post(self.target, json={"instances": [instance]}, timeout=60)
+            r = session.post(
+                self.target, json={"instances": [instance]}, headers=self.auth, timeout=60
+            )
         else:
             headers = {
                 "ce-specversion": "1.0",
@@ -45,6 +48,7 @@ class Client:
                 "ce-source": "/bench/infer_http",
                 "ce-type": INFERENCE_REQUEST,
                 "content-type": "application/json",
+                **self.auth,
             }
             r = session.post(
                 self.target, json={"instances": [instance]}, headers=headers, timeout=60
@@ -85,7 +89,7 @@ def run(settings: Settings, total: int) -> Result:
             ("kserve", "KServe V1 :predict"),
             ("event", "CloudEvent kml.inference.request"),
         ):
-            client = Client(served.url, dep.id, path)
+            client = Client(served.url, dep.id, path, dep.settings.auth_token)
             level(client, instances, 4, 25)  # warm: connections, interpreters, code paths
             rates: dict[int, float] = {}
             for concurrency in CONCURRENCY:

@@ -132,7 +132,9 @@ def online_predictions(
 
 
 def main() -> int:
-    settings = Settings.from_env()
+    from kml.dev.access import admin_token_file, provision
+
+    settings = provision(Settings.from_env())  # the local tokens: every call below carries one
     tag = uuid.uuid4().hex[:6]
     step("bringing the local stack up: Kafka, MinIO, register, train, KafkaSource bridge")
     started = time.monotonic()
@@ -217,7 +219,8 @@ def main() -> int:
     dashboard = f"http://127.0.0.1:{settings.dashboard_port}"
     step(
         f"dashboard: {dashboard}  (this run: {dashboard}/runs/{run_id}, its predictions: "
-        f"{dashboard}/inference/{inference['id']})"
+        f"{dashboard}/inference/{inference['id']}); sign in with the token in "
+        f"{admin_token_file(settings.state_dir)}"
     )
     return 0
 

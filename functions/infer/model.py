@@ -13,6 +13,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,13 +91,24 @@ class LiteRtModel:
 
     runtime = LITERT
 
-    def __init__(self, content: bytes, num_threads: int | None = 1, cache_size: int = 16) -> None:
+    def __init__(
+        self,
+        content: bytes,
+        num_threads: int | None = 1,
+        cache_size: int = 16,
+        interpreter: Callable[[], Any] | None = None,
+    ) -> None:
+        """``interpreter`` makes a new interpreter (default: LiteRT's over ``content``)."""
         if cache_size < 1:
             raise ValueError(f"KML_INFER_INTERPRETER_CACHE={cache_size} must be at least 1")
         self.cache_size = cache_size
-        from ai_edge_litert.interpreter import Interpreter
+        if interpreter is None:
+            from ai_edge_litert.interpreter import Interpreter
 
-        self._factory = lambda: Interpreter(model_content=content, num_threads=num_threads)
+            def interpreter() -> Any:
+                return Interpreter(model_content=content, num_threads=num_threads)
+
+        self._factory = interpreter
         probe = self._factory()
         inputs = probe.get_input_details()
         if len(inputs) != 1:

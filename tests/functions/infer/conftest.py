@@ -118,10 +118,19 @@ class Served:
     spawned_at: float
     ready_at: float = 0.0
     statuses: list[int] = field(default_factory=list)
+    token: str = ""
+    """The stack's token the calls carry (scopes read and predict among them)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def predict(self, name: str, instances: list) -> requests.Response:
         return requests.post(
-            f"{self.url}/v1/models/{name}:predict", json={"instances": instances}, timeout=60
+            f"{self.url}/v1/models/{name}:predict",
+            json={"instances": instances},
+            headers=self.headers,
+            timeout=60,
         )
 
     def metrics(self) -> str:
@@ -132,7 +141,9 @@ def serve(deployment: Deployment, home: Path, timeout_s: float = 240.0) -> Serve
     """Start gunicorn for ``deployment`` and poll readiness every 20 ms until it is 200."""
     port = free_port()
     proc = Proc("infer", home)
-    served = Served(f"http://127.0.0.1:{port}", proc, time.monotonic())
+    served = Served(
+        f"http://127.0.0.1:{port}", proc, time.monotonic(), token=deployment.settings.auth_token
+    )
     proc.start(
         gunicorn_argv(port, threads_for(deployment.settings)),
         env=infer_env(deployment.settings, deployment.id),

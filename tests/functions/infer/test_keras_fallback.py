@@ -22,7 +22,9 @@ def test_keras_fallback_serves_both_paths_once_ready(stack, digits, tmp_path):
         assert 503 in served.statuses[:first_200]  # answered "not ready" while Keras loaded
         meta = served.predict(deployment.id, digits.inputs[:1].tolist())
         assert meta.status_code == 200
-        info = requests.get(f"{served.url}/v1/models/{deployment.id}", timeout=10).json()
+        info = requests.get(
+            f"{served.url}/v1/models/{deployment.id}", headers=served.headers, timeout=10
+        ).json()
         assert info["runtime"] == "keras" and info["input_shape"] == [8, 8]
 
         picks = list(range(0, 1797, 90))

@@ -159,6 +159,7 @@ def test_http_path_predicts_what_the_kafka_path_produced(digits, litert, kafka_r
             "ce-type": "kml.inference.request",
             "ce-id": "r-1",
             "ce-source": "/tests",
+            **served.headers,
         },
         timeout=30,
     )

@@ -51,15 +51,16 @@ def served(app_settings, tmp_path):
         log.close()
 
 
-def test_binary_event_over_http(served, model_json, unique):
+def test_binary_event_over_http(served, app_settings, model_json, unique):
     headers, body = to_http(
         new_event(MODEL_REGISTER, "/tests/gunicorn", model_event(f"g-{unique}", model_json))
     )
+    headers["Authorization"] = f"Bearer {app_settings.auth_token}"
     r = requests.post(f"{served}/", headers=headers, data=body, timeout=300)
     assert r.status_code == 201, r.text
     assert r.headers["ce-type"] == MODEL_REGISTERED
     assert r.json()["name"] == f"g-{unique}" and r.json()["version"] == 1
-    shown = requests.get(f"{served}/models/g-{unique}", timeout=10).json()
+    shown = requests.get(f"{served}/models/g-{unique}", headers=headers, timeout=10).json()
     assert shown["param_count"] == 23
     bad = requests.post(
         f"{served}/", headers={**headers, "ce-type": "kml.nope"}, data=body, timeout=10

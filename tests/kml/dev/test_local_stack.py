@@ -46,7 +46,9 @@ def register_through_kafka(settings: Settings, name: str, model_json: str) -> di
     url = f"http://127.0.0.1:{settings.register_port}/models/{name}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        r = requests.get(url, timeout=10)
+        r = requests.get(
+            url, headers={"Authorization": f"Bearer {settings.auth_token}"}, timeout=10
+        )
         if r.status_code == 200:
             return r.json()
         time.sleep(0.5)
