@@ -275,10 +275,16 @@ def _kafka_source(
                 },
             },
             "sink": {
-                "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}
+                "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name},
+                # With Eventing's OIDC on, each delivery's token is minted for this audience.
+                **({"audience": settings.auth_oidc_audience} if _oidc(settings) else {}),
             },
         },
     }
+
+
+def _oidc(settings: Settings) -> bool:
+    return settings.auth_data_plane == "oidc" and bool(settings.auth_oidc_audience)
 
 
 def _deployment(
