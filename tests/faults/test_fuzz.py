@@ -21,7 +21,7 @@ from tests.functions.infer.fakes import LinearModel, RecordingProducer, fixed_lo
 from tests.functions.infer.fakes import settings as infer_settings
 
 RUNS = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
 )
 
 scalars = (

@@ -32,8 +32,8 @@ from tests.functions.infer.conftest import ROOT, deploy
 
 pytestmark = pytest.mark.integration
 
-GOOD, BAD = 3000, 6
-PUBLISH_S = 12.0
+GOOD, BAD = 2000, 6
+PUBLISH_S = 9.0
 """The records are produced evenly over this long; the broker is down in the middle of it."""
 
 
