@@ -142,3 +142,23 @@ def test_deploy_prints_the_manifests_and_applies_them_with_kubectl(
     assert applied.exit_code == 0, applied.output
     assert "applied apply -f -" in applied.output
     assert received.read_text() == printed.output
+
+
+def test_inference_create_makes_the_topics_when_kafka_answers_and_says_so_when_not(
+    stack, digits, tmp_path
+):
+    from kafkaml.kafka import end_offsets
+    from kafkaml.manifests import TOPIC_PARTITIONS
+    from kml.commands.inference import create_topics_if_reachable
+    from kml.dev.procs import free_port
+
+    deployment = deploy(stack, digits, tmp_path / "cache", tflite=True, create_topics=False)
+    spec = deployment.spec
+    nowhere = deployment.settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}")
+    note = create_topics_if_reachable(nowhere, spec, timeout_s=2)
+    assert note.startswith("topics not created now") and "kml deploy inference" in note
+    assert end_offsets(stack.kafka_bootstrap, spec["input_topic"]) == {}
+    note = create_topics_if_reachable(deployment.settings, spec)
+    assert note.startswith("topics ready") and spec["input_topic"] in note
+    for topic in (spec["input_topic"], spec["output_topic"], deployment.settings.dlq_topic):
+        assert len(end_offsets(stack.kafka_bootstrap, topic)) == TOPIC_PARTITIONS
