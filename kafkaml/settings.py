@@ -142,10 +142,8 @@ class Settings:
     register_keras_config_max_bytes: int = 8 * 1024 * 1024
     """Register: largest uncompressed size of a ``.keras`` archive's ``config.json`` and
     ``metadata.json``, declared and as read (a zip bomb stops here); 422 above."""
-    auth: str = "off"
-    """Off by default FOR NOW (the token checks landed minutes before a stop and not every test
-    that starts a function passes one yet; set ``KML_AUTH=on``). ``on``: every call but the
-    health probes and ``/metrics`` carries a bearer token the
+    auth: str = "on"
+    """``on``: every call but the health probes and ``/metrics`` carries a bearer token the
     function knows (401 without, 403 without the scope). ``off`` admits anyone: for a unit test
     of the switch only, never a deployment."""
     auth_tokens_file: str = ""

@@ -44,7 +44,7 @@ class FailingTrainer(Trainer):
         )
         self.status = status
 
-    def train(self, msg, *, http):
+    def train(self, msg, *, http, **_):
         raise KmlError(f"failed with {self.status}", status=self.status)
 
 

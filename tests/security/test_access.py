@@ -317,3 +317,16 @@ def test_tampered_yaml_in_s3_is_never_applied_and_a_tampered_spec_is_refused(
     assert refused.exit_code == 1 and "attacker/miner:1" in refused.output
     assert "allowed" in refused.output
     assert not received.exists()  # kubectl never ran
+
+
+def test_the_off_switch_admits_anyone_and_says_so(capsys):
+    pages = Blueprint("open_pages", __name__)
+    pages.get("/runs", endpoint="runs")(lambda: json_response([]))
+    app = function_app(
+        Settings(auth="off"),
+        lambda s: Function("pages", {}, ready=lambda: None, blueprints=[pages]),
+    )
+    assert app.test_client().get("/runs").status_code == 200
+    assert "access control is OFF" in capsys.readouterr().err  # in the JSON log
+    with pytest.raises(ValueError, match="KML_AUTH"):
+        function_app(Settings(auth="maybe"), lambda s: Function("x", {}, ready=lambda: None))
