@@ -16,6 +16,7 @@ import pytest
 from functions.infer.kafka_path import handle_kafka_event
 from functions.train import __main__ as batch
 from functions.train.app import create_app
+from functions.train.lease import Lease
 from functions.train.results import ResultsPublisher
 from functions.train.service import Trainer
 from kafkaml.errors import EXIT_PERMANENT, EXIT_RETRY, KmlError, is_retried
@@ -83,7 +84,8 @@ def test_failed_event_and_run_record_say_permanent_exactly_when_not_retried(stat
     registry = Registry(MemoryStore("unit"))
     trainer = Trainer(Settings(bucket="unit"), registry, RecordingPublisher())
     registry.claim_run("run-1", {"deployment_id": "7"})
-    trainer._fail("run-1", SimpleNamespace(deployment_id="7"), KmlError("x", status=status))
+    lease = Lease(registry, "run-1", registry.get_run("run-1")[1], lease_s=60)  # this attempt's
+    trainer._fail(lease, SimpleNamespace(deployment_id="7"), KmlError("x", status=status))
     record, _ = registry.get_run("run-1")
     assert record["permanent"] is (status not in RETRIED)
 

@@ -70,10 +70,12 @@ def deliver_topic(
     url: str,
     expected: int,
     *,
+    token: str,
     concurrency: int = 16,
     timeout_s: float = 60.0,
 ) -> list[Delivery]:
-    """Deliver the first ``expected`` records of every partition of ``topic`` to ``url``."""
+    """Deliver the first ``expected`` records of every partition of ``topic`` to ``url``,
+    each carrying ``token`` as the local bridge carries its ``deliver`` token."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -96,6 +98,7 @@ def deliver_topic(
         headers = ce_headers(
             topic, msg.partition(), msg.offset(), msg.key(), msg.headers(), msg.timestamp()[1]
         )
+        headers["Authorization"] = f"Bearer {token}"
         conn.request("POST", target.path or "/", body=msg.value() or b"", headers=headers)
         r = conn.getresponse()
         return Delivery(msg.partition(), msg.offset(), msg.key(), r.status, r.read().decode())

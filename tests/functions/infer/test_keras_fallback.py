@@ -45,6 +45,7 @@ def test_keras_fallback_serves_both_paths_once_ready(stack, digits, tmp_path):
             deployment.spec["input_topic"],
             served.url + "/",
             n,
+            token=served.token,
             concurrency=16,
         )
         assert [d.status for d in deliveries] == [200] * n

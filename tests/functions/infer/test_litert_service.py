@@ -71,6 +71,7 @@ def kafka_run(stack, digits, litert):
         deployment.spec["input_topic"],
         served.url + "/",
         N + len(BAD),
+        token=served.token,
         concurrency=16,
     )
     took = time.monotonic() - started

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from werkzeug.serving import make_server
 
 from functions.register.app import create_app
-from kafkaml.errors import Conflict, Unavailable, ValidationFailed
+from kafkaml.errors import Conflict, Unauthorized, Unavailable, ValidationFailed
 from kml.cli import app as kml
 from kml.client import RegisterClient
 from kml.dev.procs import free_port
@@ -114,8 +114,8 @@ def test_refusals_print_every_problem_and_exit_1(run_kml, tmp_path, unique):
     assert "Traceback" not in r.output
 
 
-def test_client_raises_typed_errors(register_url, model_json, unique):
-    client = RegisterClient(register_url)
+def test_client_raises_typed_errors(register_url, stack, model_json, unique):
+    client = RegisterClient(register_url, token=stack.auth_token)
     definition = {"name": f"e-{unique}", "keras_json": model_json, "compile": COMPILE, "version": 2}
     assert client.register_model(definition)["version"] == 2
     with pytest.raises(Conflict):
@@ -126,13 +126,20 @@ def test_client_raises_typed_errors(register_url, model_json, unique):
     assert client.get(f"/models/e-{unique}")["version"] == 2
     with pytest.raises(Unavailable):
         RegisterClient(f"http://127.0.0.1:{free_port()}", timeout_s=2).get("/models")
+    with pytest.raises(Unauthorized):
+        RegisterClient(register_url).get("/models")  # no token
 
 
-def test_register_from_python_runs_on_the_client(register_url, tmp_path, unique):
+def test_register_from_python_runs_on_the_client(register_url, stack, tmp_path, unique):
     """In a child process: the CLI imports Keras to build the model, pytest must not."""
     path = tmp_path / "model.py"
     path.write_text(MODEL_PY.format(name=f"py-{unique}"))
-    env = {**os.environ, "KML_REGISTER_URL": register_url, "KML_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        **os.environ,
+        "KML_REGISTER_URL": register_url,
+        "KML_STATE_DIR": str(tmp_path / "state"),
+        "KML_AUTH_TOKEN": stack.auth_token,  # a user's token
+    }
     done = subprocess.run(
         [sys.executable, "-m", "kml.cli", "models", "register", "--from-python", str(path)],
         env=env,
@@ -143,5 +150,5 @@ def test_register_from_python_runs_on_the_client(register_url, tmp_path, unique)
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"registered py-{unique} version 1 (4 parameters" in done.stdout
-    record = RegisterClient(register_url).get(f"/models/py-{unique}")
+    record = RegisterClient(register_url, token=stack.auth_token).get(f"/models/py-{unique}")
     assert record["compile"] == {"optimizer": "adam", "loss": "mse", "metrics": ["mae"]}
