@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from typing import Any
+
 from flask import Blueprint, Response
 
-from kafkaml.errors import ValidationFailed
+from kafkaml.errors import KmlError, ValidationFailed
 from kafkaml.parsing import is_digits
 from kafkaml.web import json_response
 from storage.registry import Registry
 
+log = logging.getLogger("kml.register")
 
-def read_api(registry: Registry) -> Blueprint:
-    """Models, configurations, deployments, runs, datasources and inference specs, read-only."""
+EndOffsets = Callable[[str], dict[int, int]]
+"""A topic's end offset per partition (Kafka's high watermarks)."""
+
+
+def with_lag(stream: dict[str, Any], offsets: EndOffsets | None) -> dict[str, Any]:
+    """The stream record plus ``lag``: records on its topic beyond the cursor (not trained yet),
+    None when Kafka does not answer (the record itself is still worth showing)."""
+    lag = None
+    if offsets is not None:
+        try:
+            ends = offsets(stream["topic"])
+            cursor = stream.get("cursor") or {}
+            lag = sum(max(0, end - int(cursor.get(str(p), 0))) for p, end in ends.items())
+        except KmlError as e:
+            log.warning("stream lag unknown", extra={"fields": {"reason": e.message}})
+    return {**stream, "lag": lag}
+
+
+def read_api(registry: Registry, offsets: EndOffsets | None = None) -> Blueprint:
+    """Models, configurations, deployments, runs, datasources, inference specs and online
+    streams (with their lag when ``offsets`` reads Kafka), read-only."""
     api = Blueprint("registry", __name__)
 
     @api.get("/models")
@@ -63,5 +87,13 @@ def read_api(registry: Registry) -> Blueprint:
     @api.get("/inference/<inference_id>")
     def inference(inference_id: str) -> Response:
         return json_response(registry.get_inference(inference_id))
+
+    @api.get("/streams")
+    def streams() -> Response:
+        return json_response([with_lag(s, offsets) for s in registry.list_streams()])
+
+    @api.get("/streams/<stream_id>")
+    def stream(stream_id: str) -> Response:
+        return json_response(with_lag(registry.get_stream(stream_id)[0], offsets))
 
     return api

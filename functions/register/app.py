@@ -13,6 +13,7 @@ from flask import Flask
 from functions.register import handlers, validator
 from functions.register.api import read_api
 from kafkaml.events import Event
+from kafkaml.kafka import end_offsets
 from kafkaml.settings import Settings
 from kafkaml.web import Function, event_response, function_app
 from storage.registry import Registry
@@ -29,11 +30,14 @@ def build(settings: Settings, registry: Registry) -> Function:
     def receive(event: Event):
         return event_response(*handlers.handle_event(registry, settings, event))
 
+    def offsets(topic: str) -> dict[int, int]:  # a stream's lag, read where its records are
+        return end_offsets(settings.kafka_bootstrap, topic, min(settings.kafka_timeout_s, 5.0))
+
     validator.warm_up(settings)
     return Function(
         name="register",
         events=dict.fromkeys(handlers.ROUTES, receive),
         ready=registry.ensure_ready,
         close=validator.shutdown,
-        blueprints=[read_api(registry)],
+        blueprints=[read_api(registry, offsets)],
     )

@@ -26,6 +26,7 @@ from kafkaml.events import Event
 from kafkaml.manifests import render_inference_manifests, to_yaml
 from kafkaml.settings import Settings
 from kafkaml.web import unknown_event_type
+from storage.objects import PreconditionFailed
 from storage.registry import EVENT_DONE, Registry, event_state
 
 log = logging.getLogger("kml.register")
@@ -256,6 +257,23 @@ def _check_input(input_format: Any, input_config: Any) -> None:
         raise ValidationFailed("invalid inference input", e.problems) from None
 
 
+def stop_stream(registry: Registry, data: Any) -> dict[str, Any]:
+    """``kml.stream.stop``: the stream's status becomes ``stopped`` (its windows and models stay),
+    retried when a window commits at the same moment; stopping a stopped stream is a no-op."""
+    stream_id = data.get("stream_id") if isinstance(data, dict) else None
+    if not isinstance(stream_id, str) or not stream_id:
+        raise ValidationFailed("invalid stream stop", ["stream_id: required"])
+    for _ in range(5):
+        stream, etag = registry.get_stream(stream_id)
+        if stream.get("status") == "stopped":
+            return stream
+        try:
+            return registry.update_stream(stream_id, etag, status="stopped")[0]
+        except PreconditionFailed:
+            continue  # a window committed meanwhile: stop the stream as it is now
+    raise Conflict(f"stream {stream_id} keeps changing; retry", stream_id=stream_id)
+
+
 ROUTES: dict[str, tuple[str, Create]] = {
     events.MODEL_REGISTER: (events.MODEL_REGISTERED, lambda r, s, d: register_model(r, d)),
     events.CONFIGURATION_CREATE: (
@@ -267,5 +285,6 @@ ROUTES: dict[str, tuple[str, Create]] = {
         lambda r, s, d: create_deployment(r, d, s),
     ),
     events.INFERENCE_CREATE: (events.INFERENCE_CREATED, create_inference),
+    events.STREAM_STOP: (events.STREAM_STOPPED, lambda r, s, d: stop_stream(r, d)),
 }
 """Event type -> (answer type, create function)."""
