@@ -21,7 +21,10 @@ from tests.functions.dashboard.conftest import screenshot
 pytestmark = pytest.mark.integration
 
 EPOCHS = 40
-RECORDS = 400
+COPIES = 3
+"""Every digit three times (5,391 records): enough steps that the run lasts several of the
+page's 700 ms polls even on a fast machine, so its curve is seen growing."""
+BATCH_SIZE = 8
 PREDICTED = 120
 
 
@@ -29,7 +32,8 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    return data.images[:RECORDS].astype(np.uint8), data.target[:RECORDS].astype(np.uint8)
+    x, y = data.images.astype(np.uint8), data.target.astype(np.uint8)
+    return np.concatenate([x] * COPIES), np.concatenate([y] * COPIES)
 
 
 def register_model(page, name: str, keras_file) -> None:
@@ -51,7 +55,7 @@ def create_deployment(page, epochs: int, configuration: str = "", model: str = "
     if model:
         page.check(f"input[name=models][value='{model}']")
     page.fill("#f-epochs", str(epochs))
-    page.fill("#f-batch_size", "16")
+    page.fill("#f-batch_size", str(BATCH_SIZE))
     page.fill("#f-seed", "7")
     page.fill("#f-learning_rate", "0.01")
     page.click("text=Create deployment")
