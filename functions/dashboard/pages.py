@@ -14,7 +14,9 @@ from flask import Blueprint, Response, redirect, render_template, request
 
 from functions.dashboard.forms import FormErrors
 from functions.dashboard.parts import TERMINAL, Parts, layers_of, newest_first
+from kafkaml.auth import WRITE
 from kafkaml.errors import KmlError, NotFound
+from kafkaml.web import caller
 
 NO_ERRORS = FormErrors()
 
@@ -91,6 +93,20 @@ def datasource_page(parts: Parts, datasource_id: str, form=None, errors=NO_ERROR
     )
 
 
+def stream_chart(stream: dict[str, Any]) -> dict[str, Any]:
+    """The monitored metric per window, promoted and candidate, and which windows promoted:
+    what the stream page's chart draws (taken from the stream record as register answers it)."""
+    windows = stream.get("windows") or []
+    return {
+        "metric": stream.get("metric") or "",
+        "change": stream.get("change") or "",
+        "windows": [w.get("index", i) for i, w in enumerate(windows)],
+        "promoted": [w.get("promoted") for w in windows],
+        "candidate": [w.get("candidate") for w in windows],
+        "promote": [bool(w.get("promote")) for w in windows],
+    }
+
+
 def read_pages(parts: Parts) -> Blueprint:
     pages = Blueprint("pages", __name__, template_folder="templates")
     pages.register_error_handler(KmlError, html_error)
@@ -106,6 +122,7 @@ def read_pages(parts: Parts) -> Blueprint:
             "runs": len(runs),
             "datasources": len(api.get("datasources")),
             "inference": len(api.get("inference")),
+            "streams": len(api.get("streams")),
         }
         by_status: dict[str, int] = {}
         for run in runs:
@@ -184,6 +201,20 @@ def read_pages(parts: Parts) -> Blueprint:
     @pages.get("/datasources/<datasource_id>")
     def datasource(datasource_id: str):
         return datasource_page(parts, datasource_id)
+
+    @pages.get("/streams")
+    def streams():
+        return render_template("streams.html", streams=newest_first(api.get("streams")))
+
+    @pages.get("/streams/<stream_id>")
+    def stream(stream_id: str):
+        record = api.get("streams", stream_id)
+        return render_template(
+            "stream.html",
+            stream=record,
+            chart=stream_chart(record),
+            can_write=caller(request).allows((WRITE,)),
+        )
 
     @pages.get("/inference")
     def inference_list():

@@ -84,6 +84,12 @@ def write_routes(parts: Parts) -> Blueprint:
             return pages.datasource_page(parts, datasource_id, _typed(), errors, e.status)
         return redirect(f"/runs/{run_id}", code=303)
 
+    @writes.post("/streams/<stream_id>/stop")
+    def stop_stream(stream_id: str):
+        """Register's ``kml.stream.stop``: ticks no longer train the stream."""
+        api.send(events.STREAM_STOP, {"stream_id": stream_id})
+        return redirect(f"/streams/{stream_id}", code=303)
+
     return writes
 
 

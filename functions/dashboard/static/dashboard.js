@@ -1,5 +1,6 @@
 // Live parts of the dashboard: a run's per-epoch curves and an inference deployment's recent
-// predictions. Both poll a JSON route of the dashboard and draw with uPlot (served by it).
+// predictions (both poll a JSON route of the dashboard), and an online stream's metric per
+// window (from the page itself). All draw with uPlot (served by the dashboard).
 (function () {
   "use strict";
   var TRAIN = "#1f6feb", VALIDATION = "#cf222e", BARS = "#2da44e";
@@ -189,6 +190,28 @@
     poll(root.dataset.live, 1000, update);
   }
 
+  // -- an online stream: the monitored metric per window, promoted vs candidate, promotions ----
+  function streamChart(root) {
+    var data = JSON.parse(document.getElementById("stream-chart-data").textContent);
+    var rings = data.candidate.map(function (v, i) { return data.promote[i] ? v : null; });
+    var area = el("div", { role: "img", "aria-label": data.metric + " per window of the promoted model and the candidate; rings mark " + rings.filter(function (v) { return v !== null; }).length + " promotion(s)" });
+    root.appendChild(area);
+    var opts = {
+      width: width(root), height: 260,
+      scales: { x: { time: false, range: function (u, lo, hi) { return [-0.5, Math.max(hi || 0, 1) + 0.5]; } } },
+      axes: [{ label: "window", values: function (u, vals) { return vals.map(function (v) { return Number.isInteger(v) ? v : ""; }); } }, { label: data.metric, size: 60 }],
+      series: [
+        { label: "window" },
+        { label: "promoted model", stroke: TRAIN, width: 2, spanGaps: true, points: { show: true } },
+        { label: "candidate", stroke: VALIDATION, width: 2, dash: [6, 4], points: { show: true } },
+        { label: "promotion", stroke: BARS, paths: function () { return null; }, points: { show: true, size: 14, width: 3, stroke: BARS, fill: "transparent" } }
+      ]
+    };
+    root.plot = new uPlot(opts, [data.windows, data.promoted, data.candidate, rings], area);
+    root.dataset.points = String(data.windows.length);
+    window.addEventListener("resize", function () { root.plot.setSize({ width: width(root), height: 260 }); });
+  }
+
   // A refused form: keyboard and screen reader users land on register's answer.
   var refused = document.getElementById("refused");
   if (refused) refused.focus();
@@ -196,4 +219,6 @@
   if (curves) runCurves(curves);
   var live = document.getElementById("predictions");
   if (live) predictions(live);
+  var stream = document.getElementById("stream-chart");
+  if (stream) streamChart(stream);
 })();

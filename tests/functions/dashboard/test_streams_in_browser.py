@@ -1,0 +1,166 @@
+"""An online stream in a real browser on the real stack: Kafka-ML's online control message
+starts a stream, ticks train its windows, the streams list shows cursor, lag, windows and
+promotions, the stream page shows each window's offsets and metrics and draws them, and the
+Stop button (keyboard only) stops it through register. A screenshot goes to docs/screenshots/."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from confluent_kafka import Producer
+
+from functions.dashboard.register import RegisterAPI
+from kafkaml import events
+from kafkaml.kafka import ConfirmingProducer, ensure_topic
+from kafkaml.wire import control_message_key
+from tests.functions.dashboard.conftest import screenshot
+
+pytestmark = pytest.mark.integration
+
+WINDOW = 120
+WINDOWS = 3
+
+
+def digits() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.images.astype(np.uint8), data.target.astype(np.uint8)
+
+
+def online_deployment(api: RegisterAPI, keras_file, unique: str) -> str:
+    name = f"live-digits-{unique}"
+    api.send(
+        events.MODEL_REGISTER,
+        {
+            "name": name,
+            "keras_b64": base64.b64encode(keras_file.read_bytes()).decode(),
+            "compile": {
+                "optimizer": "adam",
+                "loss": "sparse_categorical_crossentropy",
+                "metrics": ["accuracy"],
+            },
+        },
+    )
+    record = api.send(
+        events.DEPLOYMENT_CREATE,
+        {"models": [name], "epochs": 2, "batch_size": 16, "seed": 7, "learning_rate": 0.01},
+    )
+    return record["id"]
+
+
+def start_stream(settings, deployment: str, topic: str) -> None:
+    """The online control message as Kafka-ML's OnlineRawSink writes it (bare topic)."""
+    body = {
+        "topic": topic,
+        "input_format": "RAW",
+        "description": "online digits",
+        "input_config": {
+            "data_type": "uint8",
+            "label_type": "uint8",
+            "data_reshape": "8 8",
+            "label_reshape": "1",
+        },
+        "validation_rate": 0.2,
+        "test_rate": 0,
+        "total_msg": None,
+        "incremental": True,
+        "indefinite": True,
+        "monitoring_metric": "val_accuracy",
+        "change": "up",
+        "improvement": 0.05,
+        "window_records": WINDOW,
+    }
+    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    producer.produce(
+        settings.control_topic, json.dumps(body).encode(), control_message_key(deployment)
+    )
+    producer.flush()
+
+
+def tick(settings, unique: str, n: int) -> dict:
+    """One ``kml.stream.tick`` to train, as the bridge's ticker (the PingSource) sends it."""
+    headers, body = events.to_http(events.new_event(events.STREAM_TICK, "/tests/ticker", {}))
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{settings.train_port}/",
+        data=body,
+        headers={**headers, "Authorization": f"Bearer {settings.auth_token}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=600) as r:
+        return json.loads(r.read())
+
+
+def wait_for_stream(api: RegisterAPI, deployment: str, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        mine = [s for s in api.get("streams") if s.get("deployment_id") == deployment]
+        if mine:
+            return mine[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no stream for deployment {deployment} after {timeout_s} s")
+
+
+def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique):
+    settings = pipeline.settings
+    api = RegisterAPI(settings.register_address, token=settings.auth_token)
+    topic = f"live-{unique}"
+    ensure_topic(settings.kafka_bootstrap, topic, partitions=1)
+    deployment = online_deployment(api, digits_keras, unique)
+    start_stream(settings, deployment, topic)
+    stream = wait_for_stream(api, deployment)  # the bridge delivered it to train
+    sid = stream["id"]
+
+    x, y = digits()
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for i in range(WINDOW * WINDOWS + 30):  # 30 more than the windows take: lag 30
+        producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes(), partition=0)
+    assert producer.flush(30) == 0
+    for n in range(WINDOWS):
+        tick(settings, unique, n)
+    trained = api.get("streams", sid)
+    assert len(trained["windows"]) == WINDOWS and trained["lag"] == 30
+
+    page.goto("/streams")
+    row = page.locator(f"tr[data-stream='{sid}']")
+    cells = row.locator("td").all_inner_texts()
+    assert cells[0] == "open" and cells[1] == deployment
+    assert cells[3] == f"0:{WINDOW * WINDOWS}"  # the cursor
+    assert cells[4:7] == ["30", str(WINDOWS), str(trained["promotions"])]
+
+    row.locator("a").first.focus()  # keyboard only, from here on
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/streams/{sid}")
+    rows = page.locator("#windows tbody tr")
+    assert rows.count() == WINDOWS
+    first = rows.nth(0).locator("td").all_inner_texts()
+    assert first[0] == f"{topic}:0:0:{WINDOW}" and first[1] == str(WINDOW)
+    assert first[4] == "promoted"  # the first window promotes
+    for i, w in enumerate(trained["windows"]):
+        texts = rows.nth(i).locator("td").all_inner_texts()
+        assert texts[3] == f"{w['candidate']:.4f}"
+        assert texts[4] == ("promoted" if w["promote"] else "kept")
+    chart = page.locator("#stream-chart")
+    assert chart.get_attribute("data-points") == str(WINDOWS)
+    assert chart.get_attribute("data-promotions") == str(trained["promotions"])
+    drawn = page.evaluate(
+        "() => { const p = document.getElementById('stream-chart').plot;"
+        " return [p.data[0].length, p.data[3].filter(v => v !== null).length]; }"
+    )
+    assert drawn == [WINDOWS, trained["promotions"]]
+    assert page.locator("#stream-chart canvas").count() == 1
+    screenshot(page, "stream")
+
+    page.focus("#stop-stream")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"**/streams/{sid}")
+    assert page.locator("#stream-status").inner_text() == "stopped"
+    assert page.locator("#stop-stream").count() == 0
+    assert api.get("streams", sid)["status"] == "stopped"
+    after = tick(settings, unique, WINDOWS)  # stopped: the lag is not trained
+    assert sid not in json.dumps(after) and len(api.get("streams", sid)["windows"]) == WINDOWS
