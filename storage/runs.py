@@ -140,5 +140,10 @@ class RunRecords(StoreBacked):
         return self._read_all("streams/")
 
     @staticmethod
+    def stream_plot_key(stream_id: str) -> str:
+        """A stream's ``stream.png`` (train draws it per window; beside, not among, the records)."""
+        return f"streams/{check_name('stream id', stream_id)}/stream.png"
+
+    @staticmethod
     def _run_key(run_id: str) -> str:
         return f"runs/{run_id}/status.json"

@@ -22,6 +22,7 @@ from typing import Any
 
 from functions.train import dataset
 from functions.train.artifacts import save_artifacts
+from functions.train.plots import stream_png
 from functions.train.service import RunFailed, Trainer, UnknownDeployment
 from functions.train.training import train_model
 from functions.train.windows import (
@@ -46,6 +47,7 @@ DEFAULT_HELD_OUT = 0.2
 """Held-out fraction of a window when the control message asks for neither test nor validation
 (Kafka-ML's OnlineRawSink sends ``test_rate: 0``): prequential scores need data neither model
 trained on."""
+
 
 EndOffsets = Callable[[str], dict[int, int]]
 
@@ -247,9 +249,14 @@ class OnlineTrainer:
         held_out = data.test if len(data.test) else data.validation
         base = self._base_model(stream)
         load = self.registry.store.download_file
-        promoted_scores = None
+        promoted_scores = baseline_scores = None
         if stream.get("promoted") and len(held_out):  # test first: the promoted model as it is
             promoted_scores = score(base, deployment, held_out, load)
+            baseline = stream.get("baseline") or stream["promoted"]
+            baseline_scores = promoted_scores  # the frozen model: the stream's first promoted one
+            if baseline["artifact"] != stream["promoted"]["artifact"]:
+                frozen = {**base, "keras_file": baseline["artifact"]}
+                baseline_scores = score(frozen, deployment, held_out, load)
         folder = base["name"]
         epochs = Deployment.from_dict(deployment).epochs
         publisher = self.trainer.publisher
@@ -274,6 +281,7 @@ class OnlineTrainer:
             "promoted": promoted,
             "candidate_scores": candidate_scores,
             "promoted_scores": promoted_scores,
+            "baseline": (baseline_scores or {}).get(key),
             "promote": promote,
             "warm_start": (stream.get("promoted") or {}).get("model"),
             "held_out": len(held_out),
@@ -322,6 +330,7 @@ class OnlineTrainer:
         [result] = run["models"].values()
         artifact = result["artifacts"]["model.keras"]
         promoted = stream.get("promoted")
+        baseline = stream.get("baseline") or promoted
         promotions = int(stream.get("promotions", 0))
         if window["promote"]:
             version = self._register(stream, run, artifact, promotions + 1)
@@ -333,6 +342,7 @@ class OnlineTrainer:
                 "score": window["candidate"],
             }
             promotions += 1
+            baseline = baseline or promoted  # the first promoted model stays the frozen one
         cursor = {**stream["cursor"], **{str(r.partition): r.end for r in ranges}}
         entry = {
             **window,
@@ -348,6 +358,7 @@ class OnlineTrainer:
                 cursor=cursor,
                 windows=[*stream["windows"], entry],
                 promoted=promoted,
+                baseline=baseline,
                 promotions=promotions,
                 last_data=time.time(),
             )
@@ -358,7 +369,18 @@ class OnlineTrainer:
             raise Conflict(f"stream {stream_id} changed during the window; retry") from None
         if window["promote"]:
             self._announce(stream, promoted, entry)
+        self._plot(stream, [*stream["windows"], entry])
         return {"stream_id": stream_id, "window": entry, "promoted": promoted}
+
+    def _plot(self, stream: dict[str, Any], windows: list[dict[str, Any]]) -> None:
+        """``streams/<id>/stream.png``: the metric per window, frozen vs online, promotions
+        marked (``kml streams show`` links it); a plot not written is logged, nothing else."""
+        try:
+            png = stream_png(windows, stream["metric"], f"stream {stream['id']}")
+            key = self.registry.stream_plot_key(stream["id"])
+            self.registry.store.put(key, png, content_type="image/png")
+        except Exception as e:  # the window is committed; only its picture is missing
+            log.warning("stream plot not written", extra={"fields": {"reason": str(e)[:200]}})
 
     def _register(self, stream: dict[str, Any], run: dict[str, Any], artifact: str, version: int):
         """The promoted model as a registry version (a redelivery finds the same version)."""

@@ -61,3 +61,38 @@ def curves_png(history: Mapping[str, Sequence[float]], title: str) -> bytes:
         ax.set(xlabel="epoch", title=f"{title}: {name}")
         ax.legend()
     return _png(fig)
+
+
+def stream_png(windows: Sequence[Mapping], metric: str, title: str) -> bytes:
+    """An online stream's ``metric`` per window: the frozen model (the first promoted one), the
+    online stream's promoted model (scored before each window trains: test-then-train) and the
+    candidate, with each promotion marked."""
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [int(w.get("index", i)) for i, w in enumerate(windows)]
+
+    def series(key: str) -> list[float]:
+        return [np.nan if w.get(key) is None else float(w[key]) for w in windows]
+
+    ax.plot(xs, series("baseline"), marker="s", color="0.45", label="frozen (first promoted)")
+    ax.plot(xs, series("promoted"), marker="o", color="#1f6feb", label="online (promoted)")
+    ax.plot(xs, series("candidate"), ls="--", marker=".", color="#cf222e", label="candidate")
+    promoted = [
+        (x, w.get("candidate")) for x, w in zip(xs, windows, strict=True) if w.get("promote")
+    ]
+    if promoted:
+        ax.scatter(
+            [p[0] for p in promoted],
+            [np.nan if p[1] is None else p[1] for p in promoted],
+            s=160,
+            facecolors="none",
+            edgecolors="#1a7f37",
+            linewidths=2,
+            label=f"promotion ({len(promoted)})",
+            zorder=3,
+        )
+    ax.set(xlabel="window", ylabel=metric, title=title)
+    ax.set_xticks(xs)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _png(fig)

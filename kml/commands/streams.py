@@ -88,6 +88,14 @@ def show(
                 w["run_id"],
             )
         console.print(table)
+        plot = registry.stream_plot_key(stream_id)
+        if registry.store.exists(plot):  # train draws it when a window commits
+            console.print(
+                f"  stream.png ({stream.get('metric')} per window, frozen vs online, promotions "
+                f"marked):\n    {registry.store.presigned_get(plot)}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @streams_app.command("stop")
