@@ -94,7 +94,8 @@ def datasource_page(parts: Parts, datasource_id: str, form=None, errors=NO_ERROR
 
 
 def stream_chart(stream: dict[str, Any]) -> dict[str, Any]:
-    """The monitored metric per window, promoted and candidate, and which windows promoted:
+    """The monitored metric per window (promoted, candidate, and the frozen first promoted
+    model), and which windows promoted:
     what the stream page's chart draws (taken from the stream record as register answers it)."""
     windows = stream.get("windows") or []
     return {
@@ -103,6 +104,7 @@ def stream_chart(stream: dict[str, Any]) -> dict[str, Any]:
         "windows": [w.get("index", i) for i, w in enumerate(windows)],
         "promoted": [w.get("promoted") for w in windows],
         "candidate": [w.get("candidate") for w in windows],
+        "frozen": [w.get("baseline") for w in windows],
         "promote": [bool(w.get("promote")) for w in windows],
     }
 

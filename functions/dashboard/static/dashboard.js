@@ -3,7 +3,7 @@
 // window (from the page itself). All draw with uPlot (served by the dashboard).
 (function () {
   "use strict";
-  var TRAIN = "#1f6feb", VALIDATION = "#cf222e", BARS = "#2da44e";
+  var TRAIN = "#1f6feb", VALIDATION = "#cf222e", BARS = "#2da44e", FROZEN = "#6e7781";
 
   function poll(url, everyMs, onData) {
     function tick() {
@@ -204,10 +204,11 @@
         { label: "window" },
         { label: "promoted model", stroke: TRAIN, width: 2, spanGaps: true, points: { show: true } },
         { label: "candidate", stroke: VALIDATION, width: 2, dash: [6, 4], points: { show: true } },
+        { label: "frozen (first promoted)", stroke: FROZEN, width: 2, dash: [2, 3], spanGaps: true, points: { show: true } },
         { label: "promotion", stroke: BARS, paths: function () { return null; }, points: { show: true, size: 14, width: 3, stroke: BARS, fill: "transparent" } }
       ]
     };
-    root.plot = new uPlot(opts, [data.windows, data.promoted, data.candidate, rings], area);
+    root.plot = new uPlot(opts, [data.windows, data.promoted, data.candidate, data.frozen, rings], area);
     root.dataset.points = String(data.windows.length);
     window.addEventListener("resize", function () { root.plot.setSize({ width: width(root), height: 260 }); });
   }

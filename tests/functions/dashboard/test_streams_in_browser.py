@@ -13,11 +13,13 @@ import urllib.request
 import numpy as np
 import pytest
 from confluent_kafka import Producer
+from typer.testing import CliRunner
 
 from functions.dashboard.register import RegisterAPI
 from kafkaml import events
 from kafkaml.kafka import ConfirmingProducer, ensure_topic
 from kafkaml.wire import control_message_key
+from kml.cli import app
 from tests.functions.dashboard.conftest import screenshot
 
 pytestmark = pytest.mark.integration
@@ -106,7 +108,7 @@ def wait_for_stream(api: RegisterAPI, deployment: str, timeout_s: float = 120.0)
     raise AssertionError(f"no stream for deployment {deployment} after {timeout_s} s")
 
 
-def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique):
+def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique, monkeypatch):
     settings = pipeline.settings
     api = RegisterAPI(settings.register_address, token=settings.auth_token)
     topic = f"live-{unique}"
@@ -125,6 +127,20 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique):
         tick(settings, unique, n)
     trained = api.get("streams", sid)
     assert len(trained["windows"]) == WINDOWS and trained["lag"] == 30
+    frozen = [w["baseline"] for w in trained["windows"]]
+    assert frozen[0] is None and all(isinstance(f, float) for f in frozen[1:])
+
+    # kml streams show links the stream.png train drew when the last window committed
+    for name, value in settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("COLUMNS", "250")
+    shown = CliRunner().invoke(app, ["streams", "show", sid])
+    assert shown.exit_code == 0, shown.output
+    assert "stream.png (val_accuracy per window, frozen vs online" in shown.output
+    [link] = [ln.strip() for ln in shown.output.splitlines() if ln.strip().startswith("http")]
+    assert f"streams/{sid}/stream.png" in link
+    with urllib.request.urlopen(link, timeout=30) as r:
+        assert r.headers["Content-Type"] == "image/png" and r.read(8) == b"\x89PNG\r\n\x1a\n"
 
     page.goto("/streams")
     row = page.locator(f"tr[data-stream='{sid}']")
@@ -140,17 +156,17 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique):
     assert rows.count() == WINDOWS
     first = rows.nth(0).locator("td").all_inner_texts()
     assert first[0] == f"{topic}:0:0:{WINDOW}" and first[1] == str(WINDOW)
-    assert first[4] == "promoted"  # the first window promotes
+    assert first[5] == "promoted"  # the first window promotes
     for i, w in enumerate(trained["windows"]):
         texts = rows.nth(i).locator("td").all_inner_texts()
         assert texts[3] == f"{w['candidate']:.4f}"
-        assert texts[4] == ("promoted" if w["promote"] else "kept")
+        assert texts[5] == ("promoted" if w["promote"] else "kept")
     chart = page.locator("#stream-chart")
     assert chart.get_attribute("data-points") == str(WINDOWS)
     assert chart.get_attribute("data-promotions") == str(trained["promotions"])
     drawn = page.evaluate(
         "() => { const p = document.getElementById('stream-chart').plot;"
-        " return [p.data[0].length, p.data[3].filter(v => v !== null).length]; }"
+        " return [p.data[0].length, p.data[4].filter(v => v !== null).length]; }"
     )
     assert drawn == [WINDOWS, trained["promotions"]]
     assert page.locator("#stream-chart canvas").count() == 1
