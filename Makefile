@@ -6,7 +6,7 @@ VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kml-installed
 
-.PHONY: install stack demo test lint format bench clean images test-images
+.PHONY: install stack demo demo-online test lint format bench clean images test-images
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ stack: install
 
 demo: stack
 	$(BIN)/python -m kml.demo
+
+demo-online: stack  # a drifting stream: frozen vs online accuracy per window, stream.png
+	$(BIN)/kml demo online
 
 test: stack
 	$(BIN)/python -m pytest

@@ -28,6 +28,17 @@ app.add_typer(training_commands.runs_app, name="runs")
 app.add_typer(training_commands.datasources_app, name="datasources")
 app.add_typer(streams_commands.streams_app, name="streams")
 app.add_typer(tokens_commands.app, name="tokens")
+demo_app = typer.Typer(help="Demonstrations on the local stack.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("online")
+def demo_online() -> None:
+    """A drifting digits stream: a frozen model falls, the online stream recovers (stream.png)."""
+    from kml.demo_online import online  # TensorFlow and the stack only when asked for
+
+    online()
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

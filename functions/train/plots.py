@@ -74,7 +74,15 @@ def stream_png(windows: Sequence[Mapping], metric: str, title: str) -> bytes:
     def series(key: str) -> list[float]:
         return [np.nan if w.get(key) is None else float(w[key]) for w in windows]
 
-    ax.plot(xs, series("baseline"), marker="s", color="0.45", label="frozen (first promoted)")
+    ax.plot(
+        xs,
+        series("baseline"),
+        marker="s",
+        lw=4,
+        alpha=0.5,
+        color="0.45",
+        label="frozen (first promoted)",
+    )
     ax.plot(xs, series("promoted"), marker="o", color="#1f6feb", label="online (promoted)")
     ax.plot(xs, series("candidate"), ls="--", marker=".", color="#cf222e", label="candidate")
     promoted = [
