@@ -8,9 +8,12 @@ Served by ``gunicorn 'functions.dashboard.app:create_app()'``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from flask import Flask
+from flask import Blueprint, Flask
+from jinja2 import Undefined
+from markupsafe import Markup, escape
 
 from functions.dashboard import assets
 from functions.dashboard.live_api import live_routes
@@ -28,6 +31,14 @@ def create_app(settings: Settings | None = None, store: Any = None) -> Flask:
     return app
 
 
+def shown(value: Any) -> Markup:
+    """A stored field as JSON text, or a dash when the record lacks it: a record written by an
+    older release (or by hand) still lists instead of failing the whole page."""
+    if isinstance(value, Undefined) or value is None:
+        return Markup("&mdash;")
+    return escape(json.dumps(value, default=str))
+
+
 def build(settings: Settings, parts: Parts) -> Function:
     """The dashboard's parts: its pages, the live JSON, the chart library, the tails it closes.
 
@@ -39,6 +50,18 @@ def build(settings: Settings, parts: Parts) -> Function:
         events={},
         ready=parts.live.check,
         close=parts.live.close,
-        blueprints=[read_pages(parts), write_routes(parts), live_routes(parts, vendor)],
+        blueprints=[
+            filters(),
+            read_pages(parts),
+            write_routes(parts),
+            live_routes(parts, vendor),
+        ],
         browser_login=True,  # pages need read, forms write: a token kept in a session cookie
     )
+
+
+def filters() -> Blueprint:
+    """The templates' own filters, on whichever app serves the pages."""
+    bp = Blueprint("filters", __name__)
+    bp.add_app_template_filter(shown, "shown")
+    return bp
