@@ -28,13 +28,14 @@ BAD = [b"", b"\x00\x01\x02", b"\x00" * 255, b"\x00" * 300, b"not a float array a
 
 
 NO_TF_SCRIPT = """
-import json, sys
+import json, os, sys
 from functions.infer.app import create_app
 app = create_app()
 service = app.extensions["kml.infer"]
 assert service.wait_ready(60)
 r = app.test_client().post(f"/v1/models/{service.settings.inference_id}:predict",
-                           json={"instances": [[0.5] * 64]})
+                           json={"instances": [[0.5] * 64]},
+                           headers={"Authorization": "Bearer " + os.environ["KML_TEST_TOKEN"]})
 print(json.dumps({"status": r.status_code, "runtime": service.loaded.model.runtime,
                   "tf": [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]}))
 """
@@ -209,7 +210,11 @@ def test_the_litert_process_never_imports_tensorflow(litert):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **infer_env(deployment.settings, deployment.id)},
+        env={
+            **os.environ,
+            **infer_env(deployment.settings, deployment.id),
+            "KML_TEST_TOKEN": deployment.settings.auth_token,  # the caller's, not the function's
+        },
     )
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
