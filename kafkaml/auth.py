@@ -142,6 +142,8 @@ class TokenTable:
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._lock = threading.Lock()
+        self._known: dict[str, Principal] = {}
+        self._known_for: dict[str, Principal] | None = None
         if entries is not None:
             self._entries = self._parse(dict(entries))
         elif path:
@@ -192,7 +194,22 @@ class TokenTable:
         return len(self._fresh())
 
     def lookup(self, token: str) -> Principal | None:
-        """The token's principal; every stored digest is compared in constant time."""
+        """The token's principal; every stored digest is compared in constant time. Tokens
+        found are remembered per token string for as long as the table is the same (a reload
+        forgets them, so a revoked token is refused once the file is re-read): hashing and
+        comparing every digest on each request cost more than answering it."""
+        entries = self._fresh()
+        if self._known_for is not entries:
+            self._known, self._known_for = {}, entries
+        known = self._known.get(token)
+        if known is not None:
+            return known
+        found = self._lookup(token)
+        if found is not None and len(self._known) < 4096:
+            self._known[token] = found
+        return found
+
+    def _lookup(self, token: str) -> Principal | None:
         digest = hash_token(token)
         found = None
         for stored, principal in self._fresh().items():

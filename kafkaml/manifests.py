@@ -8,7 +8,7 @@ scaling it 0..N on that group's lag.
 
 ``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
 The pods read their connection settings from the ConfigMap ``kml-settings`` and the S3
-credentials from the Secret ``kml-s3`` (never inlined); an event-mode Service mounts the hashed
+credentials from the Secret ``kml-s3-infer`` (never inlined); an event-mode Service mounts the hashed
 tokens of the Secret ``kml-tokens`` and is cluster-local unless the spec asks ``public``. A
 NetworkPolicy admits only Knative's namespaces to the pods. The image must be one the
 operator allowed (``Settings.allowed_infer_images``): a spec naming another renders nothing.
@@ -32,7 +32,7 @@ from kafkaml.policies import TOKENS_MOUNT, network_policy, tokens_volume
 from kafkaml.settings import Settings
 
 SETTINGS_CONFIGMAP = "kml-settings"
-S3_SECRET = "kml-s3"
+S3_SECRET = "kml-s3-infer"  # infer's own, read-only key (storage.access)
 SERVICE_PREFIX = "kml-infer-"
 CONTAINER_PORT = 8080
 TIMEOUT_SECONDS = 300
@@ -137,10 +137,16 @@ def inference_topics(spec: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys([spec["input_topic"], spec["output_topic"]]))
 
 
+INFER_WORKER = "functions.infer.worker.EventLoopWorker"
+"""Infer's gunicorn worker: an event loop serving the prediction routes, ``--threads`` threads
+for the Flask routes (the probes among them)."""
+
+
 def infer_gunicorn_command(slots: int, port: int = CONTAINER_PORT) -> list[str]:
-    """The event-mode container's command: gunicorn with ``slots`` + ``PROBE_THREADS`` threads."""
+    """The event-mode container's command: gunicorn's infer worker with ``slots`` +
+    ``PROBE_THREADS`` threads."""
     return [
-        "python", "-m", "gunicorn", "-b", f"0.0.0.0:{port}", "--worker-class", "gthread",
+        "python", "-m", "gunicorn", "-b", f"0.0.0.0:{port}", "--worker-class", INFER_WORKER,
         "--threads", str(slots + PROBE_THREADS), "--timeout", "660", "--graceful-timeout", "10",
         "functions.infer.app:create_app()",
     ]  # fmt: skip

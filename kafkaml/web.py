@@ -233,6 +233,7 @@ def function_app(settings: Settings | None, build: Callable[[Settings], Function
     app = Flask(f"kml-{function.name}")
     app.extensions["kml.function"] = function
     app.extensions["kml.settings"] = settings
+    app.extensions["kml.access"] = access
     install_common(app, settings, function)
     install_access(app, function, access)
 
@@ -349,22 +350,54 @@ def install_common(app: Flask, settings: Settings, function: Function) -> None:
     def _start_timer():
         request.environ["kml.start"] = time.perf_counter()
 
+    requests_log = RequestLog(function.name)
+    app.extensions["kml.request_log"] = requests_log
+
     @app.after_request
     def _log_request(response: Response):
         if not request.path.startswith("/health"):
             took = time.perf_counter() - request.environ.get("kml.start", time.perf_counter())
-            log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "function": function.name,
-                        "method": request.method,
-                        "path": request.path,
-                        "status": response.status_code,
-                        "ce_type": request.headers.get("ce-type"),
-                        "ce_id": request.headers.get("ce-id"),
-                        "ms": round(took * 1000, 1),
-                    }
-                },
+            requests_log.log(
+                request.method,
+                request.path,
+                response.status_code,
+                took,
+                request.headers.get("ce-type"),
+                request.headers.get("ce-id"),
             )
         return response
+
+
+class RequestLog:
+    """The request log line, sampled: every failed request (4xx/5xx) and one successful
+    request in ``every`` (the first included, with ``sampled`` saying how many it stands for);
+    all of them at DEBUG. A line per record cost more CPU than the record's prediction."""
+
+    def __init__(self, function: str, every: int = 1000) -> None:
+        self.function, self.every = function, every
+        self._count = 0
+
+    def log(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        took_s: float,
+        ce_type: str | None = None,
+        ce_id: str | None = None,
+    ) -> None:
+        self._count += 1
+        if status < 400 and (self._count - 1) % self.every and not log.isEnabledFor(logging.DEBUG):
+            return
+        fields = {
+            "function": self.function,
+            "method": method,
+            "path": path,
+            "status": status,
+            "ce_type": ce_type,
+            "ce_id": ce_id,
+            "ms": round(took_s * 1000, 1),
+        }
+        if status < 400 and not log.isEnabledFor(logging.DEBUG):
+            fields["sampled"] = self.every
+        log.info("request", extra={"fields": fields})

@@ -168,20 +168,10 @@ class MicroBatcher:
     def _dispatch(self, items: list[_Item]) -> None:
         x = items[0].x if len(items) == 1 else np.concatenate([i.x for i in items])
         try:
-            outputs = self._predict_fn(x)
+            outputs = run_model(self._predict_fn, x)
         except KmlError as e:
             for item in items:
                 item.future.set_exception(e)
-            return
-        except Exception as e:  # the model's own error: report its kind, never its traceback
-            err = PredictionFailed(f"the model failed on a batch of {len(x)}: {type(e).__name__}")
-            for item in items:
-                item.future.set_exception(err)
-            return
-        if any(len(out) != len(x) for out in outputs):
-            err = PredictionFailed(f"the model returned outputs that do not match {len(x)} rows")
-            for item in items:
-                item.future.set_exception(err)
             return
         start = 0
         for item in items:
@@ -189,6 +179,22 @@ class MicroBatcher:
             item.future.set_result([out[start:end] for out in outputs])
             start = end
         self._on_batch(int(x.shape[0]))
+
+
+def run_model(predict_fn: PredictFn, x: np.ndarray) -> Outputs:
+    """``predict_fn(x)``, checked: the model's own error is a 500 naming its kind (never its
+    traceback), and outputs must have a row per input row."""
+    try:
+        outputs = predict_fn(x)
+    except KmlError:
+        raise
+    except Exception as e:
+        raise PredictionFailed(
+            f"the model failed on a batch of {len(x)}: {type(e).__name__}"
+        ) from None
+    if any(len(out) != len(x) for out in outputs):
+        raise PredictionFailed(f"the model returned outputs that do not match {len(x)} rows")
+    return outputs
 
 
 def _fail(items: list[_Item], error: Exception) -> None:

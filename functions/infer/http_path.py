@@ -73,8 +73,13 @@ def _stack_as(
 
 
 def predict_instances(service: InferenceService, body: Any) -> dict[str, Any]:
-    """Predictions for every instance of ``body``, computed in one (batched) model call; more
-    instances than ``infer_max_instances`` are a 413 naming the cap."""
+    """Predictions for every instance of ``body``, computed in one (batched) model call."""
+    return {"predictions": split_rows(service.predict(instances_batch(service, body)))}
+
+
+def instances_batch(service: InferenceService, body: Any) -> np.ndarray:
+    """The instances of ``body`` as the model's input; more instances than
+    ``infer_max_instances`` are a 413 naming the cap."""
     instances = instances_of(body)
     cap = service.settings.infer_max_instances
     if len(instances) > cap:
@@ -85,8 +90,7 @@ def predict_instances(service: InferenceService, body: Any) -> dict[str, Any]:
             setting="KML_INFER_MAX_INSTANCES",
         )
     model = service.loaded.model
-    x = service.conform(to_batch(instances, model.input_dtype, model.input_shape))
-    return {"predictions": split_rows(service.predict(x))}
+    return service.conform(to_batch(instances, model.input_dtype, model.input_shape))
 
 
 def model_metadata(service: InferenceService) -> dict[str, Any]:

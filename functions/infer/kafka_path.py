@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from functions.infer.batcher import split_rows
+import numpy as np
+
+from functions.infer.batcher import Outputs, split_rows
 from functions.infer.serving import InferenceService
 from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge
 from kafkaml.events import KAFKA_EVENT, Event, record_key
@@ -102,24 +105,64 @@ def input_record(event: Event, default_topic: str = "") -> InputRecord:
     )
 
 
-def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any]:
-    """Predict one record and produce the result; returns where the prediction landed, or
-    where its dead letter did (``dead_lettered``) when the record cannot be predicted."""
-    record = input_record(event, service.spec.get("input_topic", ""))
+def binary_record(headers: Mapping[str, str], body: bytes, default_topic: str) -> InputRecord:
+    """The record behind a binary-mode ``dev.knative.kafka.event``, read in one pass straight
+    from its ``ce-*`` headers (names lowercased): what :func:`input_record` reads from
+    ``kafkaml.events.parse_http``'s event, without the SDK's per-request work. Values are taken
+    as sent, as there (Knative's dispatcher does not percent-encode them)."""
+    attrs: dict[str, str] = {}
+    kafka_headers = []
+    for name, value in headers.items():
+        if name.startswith("ce-"):
+            attrs[name[3:]] = value
+            if name.startswith("ce-" + HEADER_PREFIX) and len(name) > 3 + len(HEADER_PREFIX):
+                kafka_headers.append((name[3 + len(HEADER_PREFIX) :], value.encode()))
+    if attrs.get("type") != KAFKA_EVENT:
+        raise InvalidEvent(f"expected a {KAFKA_EVENT} event, got {attrs.get('type')!r}")
+    if attrs.get("specversion") != "1.0":
+        raise InvalidEvent(
+            f"invalid CloudEvent: specversion {attrs.get('specversion')!r} is not '1.0'"
+        )
+    missing = [name for name in ("id", "source") if not attrs.get(name)]
+    if missing:
+        raise InvalidEvent(f"invalid CloudEvent: missing attribute(s) {', '.join(missing)}")
+    source, event_id = attrs["source"], attrs["id"]
+    topic = source.rsplit("#", 1)[1] if "#" in source else default_topic
+    partition = _int(attrs.get("knativekafkapartition"))
+    offset = _int(attrs.get("knativekafkaoffset"))
+    if partition is None or offset is None:
+        match = _ID_RE.match(event_id)
+        if match:
+            partition = partition if partition is not None else int(match.group(1))
+            offset = offset if offset is not None else int(match.group(2))
+    key = record_key(Event(KAFKA_EVENT, source, event_id, attributes=attrs))
+    kafka_headers.sort()
+    return InputRecord(body, topic, partition, offset, key, tuple(kafka_headers), event_id)
+
+
+def decoded(service: InferenceService, record: InputRecord) -> np.ndarray | KmlError:
+    """The record's rows as the model takes them, or the (non-retried) error that sends the
+    record to the dead-letter topic; a retried error is raised (5xx)."""
     try:
-        x = service.conform(service.codec.decode_features([record.value]))
+        return service.conform(service.codec.decode_features([record.value]))
     except KmlError as e:
         if e.retryable:
             raise
-        return dead_lettered(service, record, e)
-    (row,) = split_rows(service.predict(x))
+        return e
+
+
+def prediction_record(
+    service: InferenceService, record: InputRecord, outputs: Outputs
+) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    """What to produce for ``record``: topic, value, key and headers."""
+    (row,) = split_rows(outputs)
     value = json.dumps({"values": row}, separators=(",", ":")).encode()
     headers = [*record.headers, *record.coordinate_headers()]
-    spec = service.spec
-    try:
-        done = service.producer().send(spec["output_topic"], value, record.output_key, headers)
-    except PayloadTooLarge as e:  # as stream mode does: the prediction can never be written
-        return dead_lettered(service, record, e)
+    return service.spec["output_topic"], value, record.output_key, headers
+
+
+def landed(record: InputRecord, done: Delivered) -> dict[str, Any]:
+    """The 2xx answer: where the prediction landed."""
     return {
         "key": record.output_key.decode("utf-8", errors="backslashreplace"),
         "topic": done.topic,
@@ -128,11 +171,55 @@ def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any
     }
 
 
+def handle_kafka_event(service: InferenceService, event: Event) -> dict[str, Any]:
+    """Predict one record and produce the result; returns where the prediction landed, or
+    where its dead letter did (``dead_lettered``) when the record cannot be predicted."""
+    record = input_record(event, service.spec.get("input_topic", ""))
+    x = decoded(service, record)
+    if isinstance(x, KmlError):
+        return dead_lettered(service, record, x)
+    out = prediction_record(service, record, service.predict(x))
+    try:
+        done = service.producer().send(*out)
+    except PayloadTooLarge as e:  # as stream mode does: the prediction can never be written
+        return dead_lettered(service, record, e)
+    return landed(record, done)
+
+
+async def handle_kafka_event_async(
+    service: InferenceService,
+    record: InputRecord,
+    predict: Callable[[np.ndarray], Awaitable[Outputs]],
+    send: Callable[[str, bytes, bytes | None, list[tuple[str, bytes]]], Awaitable[Delivered]],
+) -> dict[str, Any]:
+    """:func:`handle_kafka_event` on an event loop: the prediction is batched with the other
+    requests in flight (``predict``) and the acknowledgement awaited, not waited for by a
+    thread (``send``); the same answers, records and dead letters."""
+    x = decoded(service, record)
+    if isinstance(x, KmlError):
+        return dead_lettered_answer(
+            service, record, x, await send(*dead_letter_record(service, record, x))
+        )
+    out = prediction_record(service, record, await predict(x))
+    try:
+        done = await send(*out)
+    except PayloadTooLarge as e:
+        return dead_lettered_answer(
+            service, record, e, await send(*dead_letter_record(service, record, e))
+        )
+    return landed(record, done)
+
+
 def dead_lettered(
     service: InferenceService, record: InputRecord, error: KmlError
 ) -> dict[str, Any]:
     """Dead-letter ``record`` and describe it: the 2xx answer of a record handled that way."""
-    done = dead_letter(service, record, error)
+    return dead_lettered_answer(service, record, error, dead_letter(service, record, error))
+
+
+def dead_lettered_answer(
+    service: InferenceService, record: InputRecord, error: KmlError, done: Any
+) -> dict[str, Any]:
     return {
         "dead_lettered": True,
         "reason": reason_of(error),
@@ -156,6 +243,13 @@ def reason_of(error: KmlError) -> str:
 def dead_letter(service: InferenceService, record: InputRecord, error: KmlError) -> Any:
     """Park the original bytes on the dead-letter topic with the reason; returns what the
     producer's ``send`` returned once Kafka acknowledged it (5xx if Kafka fails)."""
+    return service.producer().send(*dead_letter_record(service, record, error))
+
+
+def dead_letter_record(
+    service: InferenceService, record: InputRecord, error: KmlError
+) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    """The dead letter of ``record``: topic, original bytes, key, headers with the reason."""
     headers = [
         *record.headers,
         ("kml-error", reason_of(error).encode()[:2000]),
@@ -164,8 +258,7 @@ def dead_letter(service: InferenceService, record: InputRecord, error: KmlError)
         ("kml-inference-id", service.settings.inference_id.encode()),
         *record.coordinate_headers(),
     ]
-    dlq = service.settings.dlq_topic
-    return service.producer().send(dlq, record.value, record.output_key, headers)
+    return service.settings.dlq_topic, record.value, record.output_key, headers
 
 
 def _int(value: Any) -> int | None:

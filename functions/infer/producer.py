@@ -3,11 +3,19 @@
 ``kafkaml.kafka.ConfirmingProducer`` confirms by flushing everything outstanding, which suits a
 batch writer; here many request threads share one producer, each waiting for its own record
 only, so every record gets its own future and a background thread serves delivery reports.
+
+The event loop of the lean server (``functions.infer.worker``) does not wait on a thread per
+record: ``send_async`` hands back an asyncio future, and while any is outstanding the loop
+itself polls the producer every millisecond and resolves them, so no acknowledgement crosses
+threads (each crossing is a GIL hand-over, which cost more than the record); the poll thread
+stands by meanwhile and serves ``send``'s callers otherwise.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -17,6 +25,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafkaml.errors import PayloadTooLarge, Unavailable
 from kafkaml.settings import Settings
+
+LOOP_POLL_S = 0.001
+"""How often an event loop with acknowledgements outstanding polls the producer."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,10 @@ class DeliveringProducer:
             }
         )
         self._closed = threading.Event()
+        self._acks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, Any]] = []
+        self._outstanding = 0  # send_async futures not yet resolved
+        self._loop_polling = False
+        self._loop_polled = 0.0
         self._poller = threading.Thread(target=self._poll, name="kml-producer-poll", daemon=True)
         self._poller.start()
 
@@ -81,14 +96,95 @@ class DeliveringProducer:
                 f"within {self.timeout_s:g}s"
             ) from None
 
+    def send_async(
+        self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future:
+        """``send`` for a coroutine on the running loop: a future of the :class:`Delivery`
+        (or of the 5xx/413 error), resolved once Kafka acknowledged the record."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            outcome = (
+                _delivery_error(self.bootstrap, topic, err)
+                if err is not None
+                else Delivery(msg.topic(), msg.partition(), msg.offset())
+            )
+            self._acks.append((loop, future, outcome))  # served by _poll's thread
+
+        try:
+            self._producer.produce(
+                topic, value=value, key=key, headers=headers, on_delivery=on_delivery
+            )
+        except BufferError:
+            raise Unavailable(
+                f"Kafka at {self.bootstrap} is not taking records (local queue full)"
+            ) from None
+        except KafkaException as e:
+            raise _delivery_error(self.bootstrap, topic, e.args[0]) from None
+        self._outstanding += 1
+        if not self._loop_polling:
+            self._loop_polling = True
+            loop.call_later(LOOP_POLL_S, self._loop_poll, loop)
+        return future
+
+    def _loop_poll(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the loop: serve delivery reports and resolve their futures, again in a
+        millisecond while any is outstanding."""
+        self._loop_polled = time.monotonic()
+        self._producer.poll(0)
+        self._hand_over(loop)
+        if self._outstanding > 0 and not self._closed.is_set():
+            loop.call_later(LOOP_POLL_S, self._loop_poll, loop)
+        else:
+            self._loop_polling = False
+
     def _poll(self) -> None:
         while not self._closed.is_set():
+            if time.monotonic() - self._loop_polled < 0.1:  # a loop polls: stand by
+                self._closed.wait(0.02)
+                continue
             self._producer.poll(0.05)
+            self._hand_over()
+
+    def _hand_over(self, running: asyncio.AbstractEventLoop | None = None) -> None:
+        """Resolve the asyncio futures acknowledged so far: at once on ``running`` (the loop
+        calling), with one wake-up per other loop."""
+        if not self._acks:
+            return
+        acks, self._acks = self._acks, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for loop, future, outcome in acks:
+            by_loop.setdefault(loop, []).append((future, outcome))
+        for loop, done in by_loop.items():
+            if loop is running:
+                self._outstanding -= len(done)
+                _resolve(done)
+                continue
+            try:
+                loop.call_soon_threadsafe(self._resolve_on_loop, done)
+            except RuntimeError:  # the loop closed (the worker is exiting): nobody waits
+                pass
+
+    def _resolve_on_loop(self, done: list[tuple[asyncio.Future, Any]]) -> None:
+        self._outstanding -= len(done)
+        _resolve(done)
 
     def close(self) -> None:
         self._producer.flush(self.timeout_s)
         self._closed.set()
         self._poller.join(timeout=2)
+        self._hand_over()
+
+
+def _resolve(done: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, outcome in done:
+        if future.done():
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
 
 
 def _delivery_error(bootstrap: str, topic: str, err: Any) -> Unavailable | PayloadTooLarge:

@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kafkaml.manifests import PROBE_THREADS, TOPIC_PARTITIONS, inference_topics, service_name
+from kafkaml.manifests import (
+    INFER_WORKER,
+    PROBE_THREADS,
+    TOPIC_PARTITIONS,
+    inference_topics,
+    service_name,
+)
 from kafkaml.settings import Settings
 from kml.dev import procs
 from kml.dev.procs import Proc, StackError, port_is_free
@@ -34,9 +40,14 @@ BRIDGE_FRESH_S = 10.0
 """A bridge status file older than this belongs to a bridge that is not running."""
 
 
-def gunicorn_argv(port: int, threads: int = THREADS, workers: int = 1) -> list[str]:
-    """The command serving the infer function (one inference deployment per process)."""
-    return procs.gunicorn_argv("infer", port, threads=threads, workers=workers)
+def gunicorn_argv(
+    port: int, threads: int = THREADS, workers: int = 1, worker_class: str = INFER_WORKER
+) -> list[str]:
+    """The command serving the infer function (one inference deployment per process): its
+    event-loop worker unless ``worker_class`` says otherwise (``gthread``: the old server)."""
+    return procs.gunicorn_argv(
+        "infer", port, threads=threads, workers=workers, worker_class=worker_class
+    )
 
 
 def threads_for(settings: Settings) -> int:

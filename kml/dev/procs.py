@@ -20,13 +20,19 @@ class StackError(RuntimeError):
 
 
 def gunicorn_argv(
-    function: str, port: int, *, threads: int = 8, workers: int = 1, extra: tuple[str, ...] = ()
+    function: str,
+    port: int,
+    *,
+    threads: int = 8,
+    workers: int = 1,
+    extra: tuple[str, ...] = (),
+    worker_class: str = "gthread",
 ) -> list[str]:
-    """The command serving ``functions.<function>`` under gunicorn on loopback: threaded workers,
-    a request timeout above Knative's 600 s cap."""
+    """The command serving ``functions.<function>`` under gunicorn on loopback: threaded workers
+    (or ``worker_class``, given ``threads``), a request timeout above Knative's 600 s cap."""
     return [
         sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}",
-        "--worker-class", "gthread", "--threads", str(threads), "--workers", str(workers),
+        "--worker-class", worker_class, "--threads", str(threads), "--workers", str(workers),
         "--timeout", "660", "--graceful-timeout", "10", *extra,
         f"functions.{function}.app:create_app()",
     ]  # fmt: skip
