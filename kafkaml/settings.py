@@ -77,6 +77,10 @@ class Settings:
     """Stream mode: how long a poll waits for a full batch before taking what has arrived."""
     infer_stream_port: int = 8080
     """Stream mode: the port of ``/metrics`` and the health probes."""
+    infer_follow_s: float = 5.0
+    """Infer: how often a deployment that follows an online stream checks the stream's promoted
+    pointer (one conditional GET, 304 while nothing changed); a promotion is served within this
+    plus the new model's load time."""
     state_dir: str = ".kml"
     """Local stack: data, logs and PID files (git-ignored)."""
     cache_dir: str = field(default_factory=_default_cache_dir)

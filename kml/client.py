@@ -81,7 +81,8 @@ class RegisterClient:
         )
 
     def create_inference(self, **fields: Any) -> dict[str, Any]:
-        """run_id, input_topic, output_topic and optional fields; the answer holds ``manifests``."""
+        """run_id (or stream), input_topic, output_topic and optional fields; the answer holds
+        ``manifests``."""
         return self.send(
             events.INFERENCE_CREATE, {k: v for k, v in fields.items() if v is not None}
         )

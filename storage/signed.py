@@ -49,9 +49,15 @@ class SignedReader:
             settings.s3_region,
         )
 
-    def _request(self, method: str, key: str, stream: bool = False) -> urllib3.BaseHTTPResponse:
+    def _request(
+        self,
+        method: str,
+        key: str,
+        stream: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> urllib3.BaseHTTPResponse:
         url = f"{self.endpoint}/{self.bucket}/{quote(key, safe='/')}"
-        request = AWSRequest(method=method, url=url)
+        request = AWSRequest(method=method, url=url, headers=headers or {})
         self._signer.add_auth(request)
         try:
             response = self._http.request(
@@ -59,6 +65,8 @@ class SignedReader:
             )
         except urllib3.exceptions.HTTPError as e:
             raise Unavailable(f"storage unreachable: {type(e).__name__}") from None
+        if response.status == 304:  # a conditional GET whose object has not changed
+            return response
         if response.status == 404:
             raise NotFound(f"no object {key!r}", key=key)
         if response.status >= 500:
@@ -69,6 +77,14 @@ class SignedReader:
 
     def get(self, key: str) -> StoredObject:
         r = self._request("GET", key)
+        return StoredObject(key, r.data, r.headers.get("ETag", ""))
+
+    def get_if_changed(self, key: str, etag: str) -> StoredObject | None:
+        """The object unless its ETag is still ``etag`` (then None: S3 answered 304 without a
+        body), so polling a small record costs one round trip and no transfer."""
+        r = self._request("GET", key, headers={"If-None-Match": etag} if etag else None)
+        if r.status == 304:
+            return None
         return StoredObject(key, r.data, r.headers.get("ETag", ""))
 
     def get_json(self, key: str) -> tuple[Any, str]:

@@ -172,14 +172,15 @@ class InferenceSpec(Record):
     """
 
     KIND = "inference spec"
-    OMITTED_WHEN_NONE = frozenset({"created", "id", "image", "public"})
+    OMITTED_WHEN_NONE = frozenset({"created", "id", "image", "public", "stream"})
     LIMITS = MappingProxyType(
         {"min_scale": (0, 1000), "max_scale": (1, 1000), "target_concurrency": (1, 1000)}
     )
     """Inclusive bounds of the scaling fields."""
 
     run_id: str
-    """The succeeded training run whose model is served."""
+    """The succeeded training run whose model is served; for a spec that follows a ``stream``,
+    the run its pointer named when the spec was created (the service reads the pointer)."""
     model: str
     """The run's model folder; the run's only model when not given."""
     input_format: str
@@ -200,6 +201,10 @@ class InferenceSpec(Record):
     public: bool | None = None
     """True: the Service has a route outside the cluster (its callers still need a ``predict``
     token); otherwise it is cluster-local."""
+    stream: str | None = None
+    """An online stream to follow instead of pinning a run: the service serves the stream's
+    promoted model and swaps to each newly promoted version (``infer_follow_s``). Sent instead
+    of ``run_id``; stored with the promoted run of the moment as ``run_id``."""
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -207,7 +212,7 @@ class InferenceSpec(Record):
     def stored_fields(cls) -> tuple[str, ...]:
         """The keys every stored spec holds (``id`` is the registry's when not chosen; a spec
         without ``mode`` was stored before there were modes: it is event mode)."""
-        optional = cls.OMITTED_WHEN_NONE | {"mode"}
+        optional = cls.OMITTED_WHEN_NONE | {"mode"}  # "stream" among them: runs pin no stream
         return tuple(f for f in cls.input_fields() if f not in optional)
 
     @classmethod
@@ -225,7 +230,19 @@ class InferenceSpec(Record):
                 f"id: {data['id']!r} must be 1-40 lower-case letters, digits or '-' "
                 f"(it names the Knative Service {SERVICE_PREFIX}<id>)"
             )
-        if p := name_problem("run_id", data.get("run_id")):
+        has_run, has_stream = data.get("run_id") is not None, data.get("stream") is not None
+        if has_run and has_stream:
+            problems.append(
+                "run_id / stream: give one, not both (a stream's deployment serves the run its "
+                "pointer promoted)"
+            )
+        elif not has_run and not has_stream:
+            problems.append(
+                "run_id / stream: one is required (a run to pin, or a stream to follow)"
+            )
+        if has_run and (p := name_problem("run_id", data["run_id"])):
+            problems.append(p)
+        if has_stream and (p := name_problem("stream", data["stream"])):
             problems.append(p)
         if data.get("model") is not None and (p := name_problem("model", data["model"])):
             problems.append(p)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from functions.infer.batcher import split_rows
+from functions.infer.batcher import Outputs, split_rows
+from functions.infer.model import version_of
 from functions.infer.serving import InferenceService
 from kafkaml.errors import BadRequest, PayloadTooLarge, ValidationFailed
 
@@ -74,7 +75,16 @@ def _stack_as(
 
 def predict_instances(service: InferenceService, body: Any) -> dict[str, Any]:
     """Predictions for every instance of ``body``, computed in one (batched) model call."""
-    return {"predictions": split_rows(service.predict(instances_batch(service, body)))}
+    return predictions_answer(service.predict(instances_batch(service, body)))
+
+
+def predictions_answer(outputs: Outputs) -> dict[str, Any]:
+    """KServe V1's answer for ``outputs``, with the model version that computed them."""
+    answer: dict[str, Any] = {"predictions": split_rows(outputs)}
+    version = version_of(outputs)
+    if version is not None:
+        answer["model_version"] = version
+    return answer
 
 
 def instances_batch(service: InferenceService, body: Any) -> np.ndarray:
@@ -103,6 +113,9 @@ def model_metadata(service: InferenceService) -> dict[str, Any]:
         "model": spec["model"],
         "run_id": spec["run_id"],
         "runtime": loaded.model.runtime,
+        "model_version": loaded.version,
+        "stream": spec.get("stream"),
+        "following": service.following,
         "input_shape": [d if d is not None else -1 for d in loaded.model.input_shape],
         "input_dtype": loaded.model.input_dtype.name,
         "input_format": spec.get("input_format"),

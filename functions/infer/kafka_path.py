@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from functions.infer.batcher import Outputs, split_rows
+from functions.infer.model import version_header
 from functions.infer.serving import InferenceService
 from kafkaml.errors import InvalidEvent, KmlError, PayloadTooLarge
 from kafkaml.events import KAFKA_EVENT, Event, record_key
@@ -157,7 +158,7 @@ def prediction_record(
     """What to produce for ``record``: topic, value, key and headers."""
     (row,) = split_rows(outputs)
     value = json.dumps({"values": row}, separators=(",", ":")).encode()
-    headers = [*record.headers, *record.coordinate_headers()]
+    headers = [*record.headers, *record.coordinate_headers(), *version_header(outputs)]
     return service.spec["output_topic"], value, record.output_key, headers
 
 

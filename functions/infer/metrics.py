@@ -69,7 +69,52 @@ class InferMetrics:
             ["inference", "runtime"],
             registry=self.registry,
         )
+        self.model_version = Gauge(
+            "kml_infer_model_version",
+            "1 for the model version serving now (a stream's promoted version, or the run id).",
+            ["version"],
+            registry=self.registry,
+        )
+        self.model_swaps = Counter(
+            "kml_infer_model_swaps",
+            "New model versions made current (an inference following a stream).",
+            registry=self.registry,
+        )
+        self.model_swap_failures = Counter(
+            "kml_infer_model_swap_failures",
+            "New model versions that did not load; the old version kept serving.",
+            registry=self.registry,
+        )
+        self.model_swap_seconds = Gauge(
+            "kml_infer_model_swap_load_seconds",
+            "Seconds the last new version took to fetch, load and try before it was swapped in.",
+            registry=self.registry,
+        )
+        self.pointer_checks = Counter(
+            "kml_infer_pointer_checks",
+            "Checks of a followed stream's promoted pointer, by outcome (unchanged, read, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._labels = labels
+
+    def serving_version(self, version: str) -> None:
+        self.model_version.labels(version=version).set(1)
+
+    def swapped(self, old: str, new: str, seconds: float) -> None:
+        try:
+            self.model_version.remove(old)
+        except KeyError:  # never set (a version that served before metrics were read)
+            pass
+        self.model_version.labels(version=new).set(1)
+        self.model_swaps.inc()
+        self.model_swap_seconds.set(seconds)
+
+    def swap_failed(self) -> None:
+        self.model_swap_failures.inc()
+
+    def pointer_checked(self, outcome: str) -> None:
+        self.pointer_checks.labels(outcome=outcome).inc()
 
     def model_loaded(self, runtime: str, seconds: float) -> None:
         self.model_load_seconds.set(seconds)

@@ -28,6 +28,8 @@ log = logging.getLogger("kml.infer")
 LITERT, KERAS = "litert", "keras"
 ARTIFACTS = (("model.tflite", LITERT), ("model.keras", KERAS))
 _MAX_BUCKET = 1024
+MODEL_VERSION_HEADER = "kml-model-version"
+"""The header of every prediction record naming the model version that made it."""
 
 
 class Model(Protocol):
@@ -43,6 +45,64 @@ class Model(Protocol):
 class ModelFile:
     runtime: str
     path: Path
+
+
+class Labelled(np.ndarray):
+    """A model output that knows which model version made it.
+
+    The label rides on the array itself because the outputs of one model call are sliced by
+    the micro-batcher (and the event loop's batcher) and handed to each caller: a slice is a
+    view, and a view keeps the label (``__array_finalize__``), so whoever writes a prediction
+    reads the version of the very call that computed it, never "the current one".
+    """
+
+    version: str | None
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.version = getattr(obj, "version", None)
+
+
+def labelled(outputs: Outputs, version: str) -> Outputs:
+    """``outputs`` as views labelled with ``version`` (no copy)."""
+    out = []
+    for o in outputs:
+        view = np.asarray(o).view(Labelled)
+        view.version = version
+        out.append(view)
+    return out
+
+
+def version_of(outputs: Outputs) -> str | None:
+    """The model version that made ``outputs`` (or a slice of them); None when unlabelled."""
+    return getattr(outputs[0], "version", None) if len(outputs) else None
+
+
+def version_header(outputs: Outputs) -> list[tuple[str, bytes]]:
+    """The ``kml-model-version`` header of a prediction made by ``outputs``' model."""
+    version = version_of(outputs)
+    return [] if version is None else [(MODEL_VERSION_HEADER, version.encode())]
+
+
+class Versioned:
+    """A loaded model and the version that names it: its outputs are ``Labelled``.
+
+    An inference deployment serves one ``Versioned`` at a time; one that follows a stream
+    swaps it for the next one, and a batch predicted by either carries that model's version.
+    """
+
+    def __init__(self, model: Model, version: str) -> None:
+        self.model, self.version = model, version
+        self.runtime = model.runtime
+        self.input_shape = model.input_shape
+        self.input_dtype = model.input_dtype
+
+    def predict(self, x: np.ndarray) -> Outputs:
+        return labelled(self.model.predict(x), self.version)
+
+    def __getattr__(self, name: str) -> Any:  # the runtime's own extras (``interpreters``)
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
 
 def model_name(ref: str) -> str:

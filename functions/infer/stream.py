@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from functions.infer.kafka_path import InputRecord, dead_letter
 from functions.infer.metrics import InferMetrics
+from functions.infer.model import MODEL_VERSION_HEADER
 from functions.infer.serving import InferenceService, Loader, load_from_storage
 from functions.infer.stream_batch import (
     decode_batch,
@@ -214,8 +215,9 @@ class StreamWorker:
     def _deliver(self, msgs: list) -> int:
         """Produce the batch's outputs and dead letters and wait for every acknowledgement;
         returns how many records were dead-lettered. Raises a retryable error otherwise."""
-        service, spec = self.service, self.service.spec
-        model = service.loaded.model
+        loaded = self.service.loaded  # one version for the whole batch, named on every output
+        service, spec, model = self.service, loaded.spec, loaded.model
+        version = (MODEL_VERSION_HEADER, loaded.version.encode())
         # A record without a value reaches the event path as an empty body: decode it as one.
         decoded = decode_batch(service.codec, model, [m.value() or b"" for m in msgs])
         values = predict_groups(model, decoded)
@@ -234,7 +236,7 @@ class StreamWorker:
                 where = partition_headers[partition] = ("kml-input-partition", b"%d" % partition)
             raw = m.headers()
             headers = [*event_headers(raw)] if raw else []
-            headers += (topic_header, where, ("kml-input-offset", b"%d" % offset))
+            headers += (topic_header, where, ("kml-input-offset", b"%d" % offset), version)
             key = output_key(m.key(), topic, partition, offset)
             try:
                 produce(out_topic, value, key, headers=headers)

@@ -41,8 +41,8 @@ from urllib.parse import unquote
 import numpy as np
 from gunicorn.workers.base import Worker
 
-from functions.infer.batcher import Outputs, run_model, split_rows
-from functions.infer.http_path import instances_batch
+from functions.infer.batcher import Outputs, run_model
+from functions.infer.http_path import instances_batch, predictions_answer
 from functions.infer.kafka_path import binary_record, handle_kafka_event_async
 from functions.infer.model import LITERT
 from functions.infer.serving import InferenceService
@@ -228,7 +228,7 @@ class Lean:
             except (ValueError, UnicodeDecodeError):
                 raise BadRequest('the body must be JSON: {"instances": [...]}') from None
             outputs = await self.batch.predict(instances_batch(service, parsed))
-            return json_answer({"predictions": split_rows(outputs)}), None
+            return json_answer(predictions_answer(outputs)), None
 
         return await self._observed("kserve", headers, (PREDICT, DELIVER), False, answer)
 

@@ -148,31 +148,31 @@ def create_deployment(
 
 
 def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[str, Any]:
-    """``kml.inference.create``: check the run, store the spec, render and store manifests."""
+    """``kml.inference.create``: check the run (or the stream and the run it promoted), store
+    the spec, render and store manifests."""
     data = schemas.require_object(data, "kml.inference.create")
     schemas.raise_if(schemas.check_inference(data, settings), "inference")
-    run, _ = registry.get_run(data["run_id"])
+    stream = _stream_of(registry, data["stream"]) if data.get("stream") is not None else None
+    run_id = stream["promoted"]["run_id"] if stream is not None else data["run_id"]
+    run, _ = registry.get_run(run_id)
     status = run.get("status")
     if status in ("claimed", "running"):
         raise Conflict(
-            f"run {data['run_id']} is {status}; deploy it once it has succeeded",
-            run_id=data["run_id"],
+            f"run {run_id} is {status}; deploy it once it has succeeded",
+            run_id=run_id,
             run_status=status,
         )
     if status != "succeeded":
         reason = run.get("reason") or "no reason recorded"
         raise ValidationFailed(
-            f"run {data['run_id']} is {status}",
-            [
-                f"run_id: run {data['run_id']} is {status} ({reason}); only a succeeded run "
-                "can be deployed"
-            ],
+            f"run {run_id} is {status}",
+            [f"run_id: run {run_id} is {status} ({reason}); only a succeeded run can be deployed"],
         )
     model = _pick_model(run, data.get("model"))
-    input_format, input_config = _input_of(registry, run, data)
+    input_format, input_config = _input_of(registry, run, data, stream)
     _check_input(input_format, input_config)
     spec = {
-        "run_id": data["run_id"],
+        "run_id": run_id,
         "model": model,
         "input_format": input_format,
         "input_config": input_config,
@@ -190,10 +190,31 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
         spec["public"] = data["public"]
     if data.get("mode") is not None:
         spec["mode"] = data["mode"]
+    if stream is not None:
+        spec["stream"] = stream["id"]
     record = registry.create_inference(spec)
     text = to_yaml(render_inference_manifests(record, settings))
     key = registry.put_inference_manifests(record["id"], text)
     return {**record, "manifests": text, "manifests_key": key}
+
+
+def _stream_of(registry: Registry, stream_id: str) -> dict[str, Any]:
+    """The stream a spec follows: 422 when there is none, 409 while it has promoted nothing
+    (its first window has not trained yet; deploy it once it has)."""
+    try:
+        stream, _ = registry.get_stream(stream_id)
+    except NotFound:
+        raise ValidationFailed(
+            "unknown stream", [f"stream: no stream {stream_id!r} (kml streams list)"]
+        ) from None
+    promoted = stream.get("promoted") or {}
+    if not promoted.get("run_id"):
+        raise Conflict(
+            f"stream {stream_id} has not promoted a model yet; deploy it once its first window "
+            "has trained",
+            stream_id=stream_id,
+        )
+    return stream
 
 
 def _pick_model(run: dict[str, Any], wanted: str | None) -> str:
@@ -223,14 +244,20 @@ def _pick_model(run: dict[str, Any], wanted: str | None) -> str:
 
 
 def _input_of(
-    registry: Registry, run: dict[str, Any], data: dict[str, Any]
+    registry: Registry,
+    run: dict[str, Any],
+    data: dict[str, Any],
+    stream: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Input format and config: the event's, else those of the stream the run trained on."""
+    """Input format and config: the event's, else those of the data the run trained on (its
+    datasource, or the online stream's control message)."""
     fmt, config = data.get("input_format"), data.get("input_config")
     if fmt is not None and config is not None:
         return fmt, config
     source: dict[str, Any] = {}
-    if run.get("datasource_id"):
+    if stream is not None:
+        source = stream.get("control_message") or {}
+    elif run.get("datasource_id"):
         try:
             ds = registry.get_datasource(run["datasource_id"])
             source = ds.get("control_message") or ds

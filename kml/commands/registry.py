@@ -286,7 +286,13 @@ def deployments_show(deployment_id: str) -> None:
 # -- inference ----------------------------------------------------------------------------------
 @inference_app.command("create")
 def inference_create(
-    run_id: str = typer.Option(..., "--run", help="A succeeded training run."),
+    run_id: str | None = typer.Option(None, "--run", help="A succeeded training run to pin."),
+    stream: str | None = typer.Option(
+        None,
+        "--stream",
+        help="An online stream to follow instead of --run: serves its promoted model and "
+        "switches to each new promotion by itself.",
+    ),
     input_topic: str = typer.Option(..., "--input-topic"),
     output_topic: str = typer.Option(..., "--output-topic"),
     model: str | None = typer.Option(None, "--model", help="Default: the run's only model."),
@@ -326,6 +332,7 @@ def inference_create(
         record = _client().create_inference(
             id=inference_id,
             run_id=run_id,
+            stream=stream,
             model=model,
             input_format=input_format,
             input_config=_json_option("--input-config", input_config),
@@ -346,9 +353,10 @@ def inference_create(
             print(record["manifests"], end="")
             return
         console.print(topics, highlight=False, markup=False)
+        follows = f" (following stream {record['stream']})" if record.get("stream") else ""
         console.print(
             f"inference [bold]{record['id']}[/]: {record['input_topic']} -> "
-            f"{record['model']} -> {record['output_topic']}; "
+            f"{record['model']}{follows} -> {record['output_topic']}; "
             f"`kml deploy inference {record['id']}` prints or applies it"
         )
 

@@ -86,6 +86,7 @@ def test_kafka_record_becomes_a_keyed_prediction_with_headers_and_coordinates(se
         "kml-input-topic": b"in",
         "kml-input-partition": b"2",
         "kml-input-offset": b"41",
+        "kml-model-version": b"run-1",  # a pinned run: its run id names the version
     }
     assert r.get_json()["key"] == "img-7"
 
