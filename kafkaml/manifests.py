@@ -8,7 +8,7 @@ scaling it 0..N on that group's lag.
 
 ``render_inference_manifests(spec, settings)`` is pure: the same spec gives the same YAML.
 The pods read their connection settings from the ConfigMap ``kml-settings`` and the S3
-credentials from the Secret ``kml-s3-infer`` (never inlined); an event-mode Service mounts the hashed
+credentials from ``kml-s3-infer`` (never inlined); an event-mode Service mounts the hashed
 tokens of the Secret ``kml-tokens`` and is cluster-local unless the spec asks ``public``. A
 NetworkPolicy admits only Knative's namespaces to the pods. The image must be one the
 operator allowed (``Settings.allowed_infer_images``): a spec naming another renders nothing.

@@ -30,7 +30,7 @@ from kafkaml.manifests import (
     service_name,
 )
 from kafkaml.settings import Settings
-from kml.dev import procs
+from kml.dev import procs, s3_users
 from kml.dev.procs import Proc, StackError, port_is_free
 
 THREADS = Settings().infer_request_slots + PROBE_THREADS
@@ -84,8 +84,8 @@ def is_stream(settings: Settings, inference_id: str) -> bool:
 
 
 def infer_env(settings: Settings, inference_id: str) -> dict[str, str]:
-    """The child's environment: these settings with the deployment's id."""
-    return settings.replace(inference_id=inference_id).to_env()
+    """The child's environment: these settings with the deployment's id and infer's S3 key."""
+    return s3_users.function_settings(settings, "infer").replace(inference_id=inference_id).to_env()
 
 
 def home_of(settings: Settings, inference_id: str) -> Path:

@@ -1,4 +1,5 @@
-"""A MinIO server on loopback, built from its Go module; the bucket is created at start."""
+"""A MinIO server on loopback, built from its Go module; the bucket and the functions' users
+(``kml.dev.s3_users``) are created at start."""
 
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ class MinioServer:
             )
             self.proc.wait_until(self.healthy, f"MinIO to answer at {self.address}", timeout)
         self.ensure_bucket()
+        from kml.dev.s3_users import provision
+
+        provision(self.settings)
 
     def healthy(self) -> bool:
         try:

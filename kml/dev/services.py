@@ -11,13 +11,17 @@ from pathlib import Path
 from kafkaml.settings import Settings
 from kml.dev.bridge import read_status
 from kml.dev.procs import Proc, gunicorn_argv, readiness_status, require_free
+from kml.dev.s3_users import function_settings
 
 REPO = Path(__file__).resolve().parents[2]
 STATUS_FRESH_S = 10.0
 
 
-def child_env(settings: Settings) -> dict[str, str]:
-    """``KML_*`` for a child process, with the state directory made absolute."""
+def child_env(settings: Settings, function: str | None = None) -> dict[str, str]:
+    """``KML_*`` for a child process, with the state directory made absolute and, for a
+    function, its own S3 key (``kml.dev.s3_users``) in place of the root one."""
+    if function is not None:
+        settings = function_settings(settings, function)
     return settings.replace(state_dir=str(Path(settings.state_dir).resolve())).to_env()
 
 
@@ -45,7 +49,7 @@ class GunicornFunction:
             return
         self.proc.stop()
         require_free(self.port, f"{self.name}_port", f"the {self.name} function")
-        self.proc.start(self.argv(), env=child_env(self.settings), cwd=REPO)
+        self.proc.start(self.argv(), env=child_env(self.settings, self.name), cwd=REPO)
         self.proc.wait_until(
             self.healthy,
             f"the {self.name} function at {self.address} to be ready",

@@ -73,7 +73,9 @@ def test_services_scale_to_zero_within_knative_limits():
         assert template["spec"]["timeoutSeconds"] <= 600
         container = template["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
-        assert {e.get("secretRef", {}).get("name") for e in container["envFrom"]} >= {"kml-s3"}
+        own = "kml-s3-" + name.removeprefix("kml-")  # each function its own S3 key
+        secrets = {e.get("secretRef", {}).get("name") for e in container["envFrom"]} - {None}
+        assert secrets == {own}, name
     assert (
         by_name(docs, "Service", "kml-train")["spec"]["template"]["spec"]["containerConcurrency"]
         == 1
@@ -113,8 +115,10 @@ def test_the_control_source_follows_kafka_mls_default_control_topic():
 
 def test_secrets_are_placeholders_and_settings_hold_none():
     docs = build(KNATIVE / "base")
-    secret = by_name(docs, "Secret", "kml-s3")
-    assert all(v.startswith("CHANGE-ME") for v in secret["stringData"].values())
+    for function in ("register", "train", "infer", "dashboard"):
+        secret = by_name(docs, "Secret", f"kml-s3-{function}")
+        assert all(v.startswith("CHANGE-ME") for v in secret["stringData"].values())
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "kml-s3"]
     settings = by_name(docs, "ConfigMap", "kml-settings")["data"]
     assert not any("SECRET" in k or "ACCESS_KEY" in k for k in settings)
 

@@ -126,7 +126,7 @@ def test_the_pods_run_the_stream_loop_with_probes_and_settings_from_cluster_obje
         assert container[probe]["httpGet"] == {"path": path, "port": port}
     assert container["envFrom"] == [
         {"configMapRef": {"name": "kml-settings"}},
-        {"secretRef": {"name": "kml-s3"}},
+        {"secretRef": {"name": "kml-s3-infer"}},
     ]
     assert "very-secret-value" not in to_yaml(list(docs.values()))
 

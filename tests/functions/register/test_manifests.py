@@ -75,7 +75,7 @@ def test_service_scales_as_asked_and_reads_settings_from_cluster_objects(docs):
     assert {"name": "KML_INFERENCE_ID", "value": "digits1"} in container["env"]
     assert container["envFrom"] == [
         {"configMapRef": {"name": "kml-settings"}},
-        {"secretRef": {"name": "kml-s3"}},
+        {"secretRef": {"name": "kml-s3-infer"}},
     ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"

@@ -8,6 +8,7 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -84,6 +85,9 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
         assert {"kml-control", "KAFKA_ML_CONTROL_TOPIC", "kml-models"} <= set(topics.topics)
         record = register_through_kafka(settings, "via-kafka", model_json)
         assert record["name"] == "via-kafka" and record["version"] == 1
+        for function in ("register", "train", "dashboard"):  # each with its own S3 key
+            environ = Path(f"/proc/{status[function].pid}/environ").read_bytes().split(b"\0")
+            assert f"KML_S3_ACCESS_KEY=kml-{function}".encode() in environ, function
         # A local inference process, as `kml deploy inference ID --local` leaves it.
         fake = Proc("infer", tmp_path / "state" / "infer-demo")
         fake.start([sys.executable, "-c", "import time; time.sleep(300)"])
