@@ -26,6 +26,7 @@ REGISTER_TYPES = [
     events.CONFIGURATION_CREATE,
     events.DEPLOYMENT_CREATE,
     events.INFERENCE_CREATE,
+    events.STREAM_STOP,
 ]
 
 
