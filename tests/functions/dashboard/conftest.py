@@ -88,7 +88,12 @@ def page(browser, pipeline):
     context.set_default_timeout(30_000)
     tab = context.new_page()
     # Signed in as a person is: the stack owner's token through /login, kept as a cookie.
-    tab.goto(f"/login?token={pipeline.settings.auth_token}&next=/health/readiness")
+    landed = tab.goto(f"/login?token={pipeline.settings.auth_token}&next=/health/readiness")
+    # A refused sign-in fails here, saying why, not later as a timeout on a page's field: every
+    # page would redirect to /login.
+    assert landed is not None and landed.ok and tab.url.endswith("/health/readiness"), (
+        f"sign-in failed: {tab.url} answered {landed and landed.status}: {tab.content()[:300]}"
+    )
     try:
         yield tab
     finally:
