@@ -3,6 +3,8 @@
 Run in its own process (``python -m tests.functions.infer.make_model OUT``): TensorFlow must not
 share a process with LiteRT. Writes ``model.keras``, ``model.tflite`` (TFLiteConverter),
 ``inputs.npy`` (float32 [n, 8, 8] in [0, 1]), ``labels.npy`` and ``keras_predictions.npy``.
+An optional second argument shifts every label by that much (mod 10): another real model, whose
+predictions differ from the first one's (a stream's next version, in the follow tests).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 
-def main(out: Path, epochs: int = 3) -> None:
+def main(out: Path, epochs: int = 3, shift: int = 0) -> None:
     import keras
     import tensorflow as tf
     from sklearn.datasets import load_digits
@@ -21,7 +23,7 @@ def main(out: Path, epochs: int = 3) -> None:
     keras.utils.set_random_seed(7)
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    y = digits.target.astype(np.int64)
+    y = (digits.target.astype(np.int64) + shift) % 10
     model = keras.Sequential(
         [
             keras.Input((8, 8)),
@@ -41,4 +43,4 @@ def main(out: Path, epochs: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), shift=int(sys.argv[2]) if len(sys.argv) > 2 else 0)
