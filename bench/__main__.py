@@ -10,6 +10,7 @@ from bench.readme_table import update_readme
 BENCHMARKS = [
     "bench.ingest",
     "bench.infer_kafka",
+    "bench.infer_events",
     "bench.infer_stream",
     "bench.infer_http",
     "bench.cold_start",

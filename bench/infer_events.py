@@ -13,7 +13,8 @@ Both servers run in the same run on the same deployment:
 - after: ``functions.infer.worker.EventLoopWorker`` (the lean event path).
 
 Per server: records/s at burst (``--burst`` requests, in flight as above), server CPU per record
-(user + system of the gunicorn process group from /proc), the micro-batcher's mean batch, then
+(user + system of the gunicorn process group from /proc), the load generator's own CPU per
+record, the model's mean batch, then
 p50/p99 at half the burst rate (open loop, latency from each request's scheduled time), and the
 same for KServe's ``:predict`` (one instance per request).
 """
@@ -152,9 +153,11 @@ def measure(
     port = int(served.url.rsplit(":", 1)[1])
     asyncio.run(drive(port, [make(i) for i in range(500)], connections))  # warm up
     calls, rows = batch_stats(served.url)
-    cpu = cpu_seconds(served.proc.pid())
-    burst = asyncio.run(drive(port, [make(10_000 + i) for i in range(count)], connections))
+    burst_requests = [make(10_000 + i) for i in range(count)]
+    cpu, own = cpu_seconds(served.proc.pid()), time.process_time()
+    burst = asyncio.run(drive(port, burst_requests, connections))
     server_cpu = cpu_seconds(served.proc.pid()) - cpu
+    generator_cpu = time.process_time() - own
     calls2, rows2 = batch_stats(served.url)
     half = burst.per_s / 2
     paced = asyncio.run(
@@ -166,6 +169,7 @@ def measure(
         "in flight": connections,
         "records/s (burst)": burst.per_s,
         "server CPU ms/rec": server_cpu * 1000 / max(burst.done, 1),
+        "load generator CPU ms/rec": generator_cpu * 1000 / max(burst.done, 1),
         "mean batch": (rows2 - rows) / (calls2 - calls) if calls2 > calls else "-",
         "burst p99 ms": percentile(burst.latencies_ms, 99),
         "half rate/s": half,
@@ -200,14 +204,14 @@ def run(settings, args: argparse.Namespace) -> Result:
         return predict_request(host, token, dep.id, instances[i % 64])
 
     found: dict[str, dict[str, dict]] = {}
-    for label, worker_class in SERVERS.items():
+    for (label, worker_class), count in zip(
+        SERVERS.items(), (args.before_burst, args.burst), strict=True
+    ):
         served = spawn_server(dep, worker_class, threads)
         try:
             found[label] = {
-                "kafka": measure(label, served, kafka, args.burst, connections, "kafka", result),
-                "kserve": measure(
-                    label, served, kserve, args.burst, connections, ":predict", result
-                ),
+                "kafka": measure(label, served, kafka, count, connections, "kafka", result),
+                "kserve": measure(label, served, kserve, count, connections, ":predict", result),
             }
         finally:
             served.stop()
@@ -220,24 +224,32 @@ def run(settings, args: argparse.Namespace) -> Result:
         result.ratios[f"{name} CPU per record: before / after"] = (
             before[path]["server CPU ms/rec"] / after[path]["server CPU ms/rec"]
         )
-    result.targets["event path records/s per worker (after)"] = ">= 4000"
-    result.targets["event path server CPU ms/rec (after)"] = "<= 0.25"
-    result.targets["event path p99 ms at half rate (after)"] = "<= 25"
-    result.ratios["event path records/s per worker (after)"] = after["kafka"]["records/s (burst)"]
-    result.ratios["event path server CPU ms/rec (after)"] = after["kafka"]["server CPU ms/rec"]
-    result.ratios["event path p99 ms at half rate (after)"] = after["kafka"]["p99 ms @half"]
+    kafka = after["kafka"]
+    result.ratios["event path records/s per worker (after) / 4,000"] = (
+        kafka["records/s (burst)"] / 4000
+    )
+    result.targets["event path records/s per worker (after) / 4,000"] = ">= 1x"
+    result.ratios["0.25 ms / event path server CPU per record (after)"] = (
+        0.25 / kafka["server CPU ms/rec"]
+    )
+    result.targets["0.25 ms / event path server CPU per record (after)"] = ">= 1x"
+    result.ratios["25 ms / event path p99 at half rate (after)"] = 25 / kafka["p99 ms @half"]
+    result.targets["25 ms / event path p99 at half rate (after)"] = ">= 1x"
     result.notes.append(
         f"one worker process each; {args.partitions} partitions x {args.in_flight} requests in "
         "flight (the dispatcher's unordered mode), keep-alive, binary mode, the deliver token; "
         "the load generator shares the machine's 2 cores with the server. Every answer is "
-        "2xx only after Kafka acknowledged the prediction (acks=all, idempotent)."
+        "2xx only after Kafka acknowledged the prediction (acks=all, idempotent). 'before' "
+        "runs today's Flask app under gthread, so it already has the cached token lookups and "
+        "the sampled request log; the old code measured 2.5 ms of CPU per record (infer_kafka)."
     )
     return result
 
 
 def main(argv: list[str] | None = None) -> Result:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--burst", type=int, default=20_000)
+    parser.add_argument("--burst", type=int, default=20_000, help="requests at burst (after)")
+    parser.add_argument("--before-burst", type=int, default=3_000, help="requests (before)")
     parser.add_argument("--partitions", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=50, help="per partition")
     args = parser.parse_args(argv)

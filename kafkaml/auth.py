@@ -184,6 +184,8 @@ class TokenTable:
     def _fresh(self) -> dict[str, Principal]:
         if self.path:
             now = time.monotonic()
+            if now - self._checked < RELOAD_EVERY_S:  # the common case: no lock to take
+                return self._entries
             with self._lock:
                 if now - self._checked >= RELOAD_EVERY_S:
                     self._checked = now

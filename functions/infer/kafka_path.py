@@ -113,11 +113,12 @@ def binary_record(headers: Mapping[str, str], body: bytes, default_topic: str) -
     as sent, as there (Knative's dispatcher does not percent-encode them)."""
     attrs: dict[str, str] = {}
     kafka_headers = []
+    skip = 3 + len(HEADER_PREFIX)
     for name, value in headers.items():
-        if name.startswith("ce-"):
+        if name[:3] == "ce-":
             attrs[name[3:]] = value
-            if name.startswith("ce-" + HEADER_PREFIX) and len(name) > 3 + len(HEADER_PREFIX):
-                kafka_headers.append((name[3 + len(HEADER_PREFIX) :], value.encode()))
+            if name[3:skip] == HEADER_PREFIX and len(name) > skip:
+                kafka_headers.append((name[skip:], value.encode()))
     if attrs.get("type") != KAFKA_EVENT:
         raise InvalidEvent(f"expected a {KAFKA_EVENT} event, got {attrs.get('type')!r}")
     if attrs.get("specversion") != "1.0":

@@ -96,6 +96,7 @@ class LoopBatch:
         self.service, self.executor, self.calls = service, executor, calls
         self._rows: list[np.ndarray] = []
         self._waiting: list[tuple[asyncio.Future, int]] = []
+        self._count = 0  # rows in _rows
         self._scheduled = False
         self._out = 0
 
@@ -105,9 +106,10 @@ class LoopBatch:
         rows = self._rows
         if rows and (x.shape[1:] != rows[0].shape[1:] or x.dtype != rows[0].dtype):
             self._flush_now(loop)  # rows of another shape go in a call of their own
-        elif rows and sum(len(r) for r in rows) + len(x) > self.service.settings.infer_max_batch:
+        elif rows and self._count + len(x) > self.service.settings.infer_max_batch:
             self._flush_now(loop)
         self._rows.append(x)
+        self._count += len(x)
         self._waiting.append((future, int(x.shape[0])))
         if not self._scheduled:
             self._scheduled = True
@@ -125,7 +127,7 @@ class LoopBatch:
         if not inline and self._out >= self.calls:
             return  # the next call to come back flushes these rows
         rows, waiting = self._rows, self._waiting
-        self._rows, self._waiting = [], []
+        self._rows, self._waiting, self._count = [], [], 0
         x = rows[0] if len(rows) == 1 else np.concatenate(rows)
         if inline:
             try:
