@@ -51,6 +51,17 @@ class RangeRecords:
         return len(self.values)
 
 
+def client_config(bootstrap: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config of every confluent-kafka client the project builds: the servers, the security
+    part ``Settings.kafka`` carries (SASL/SCRAM, TLS) and the client's own ``config``. A plain
+    string connects in plaintext (tests, benchmarks)."""
+    return {
+        "bootstrap.servers": str(bootstrap),
+        **getattr(bootstrap, "security", {}),
+        **(config or {}),
+    }
+
+
 def _unavailable(bootstrap: str, what: str, e: Exception) -> Unavailable:
     reason = e.args[0].str() if e.args and isinstance(e.args[0], KafkaError) else type(e).__name__
     return Unavailable(f"Kafka at {bootstrap} unreachable while {what}: {reason}")
@@ -58,18 +69,20 @@ def _unavailable(bootstrap: str, what: str, e: Exception) -> Unavailable:
 
 def _reader(bootstrap: str, config: dict[str, Any] | None) -> Consumer:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "kml-range-reader",  # never subscribes nor commits: assign only
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "error",
-            "socket.timeout.ms": 10000,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,  # one partition at a time: fetch big
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            **(config or {}),
-        }
+        client_config(
+            bootstrap,
+            {
+                "group.id": "kml-range-reader",  # never subscribes nor commits: assign only
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "error",
+                "socket.timeout.ms": 10000,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,  # one partition at a time
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                **(config or {}),
+            },
+        )
     )
 
 
@@ -268,14 +281,16 @@ class ConfirmingProducer:
     ) -> None:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
         self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.timeout.ms": int(timeout_s * 1000),
-                "message.max.bytes": 16 * 1024 * 1024,
-                **(config or {}),
-            }
+            client_config(
+                bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "linger.ms": 5,
+                    "message.timeout.ms": int(timeout_s * 1000),
+                    "message.max.bytes": 16 * 1024 * 1024,
+                    **(config or {}),
+                },
+            )
         )
         self._spans: dict[tuple[str, int], list[int]] = {}
         self._errors: list[KafkaError] = []
@@ -364,7 +379,7 @@ def ensure_topic(
     config: dict[str, str] | None = None,
 ) -> None:
     """Create ``topic`` unless it exists."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     futures = admin.create_topics(
         [NewTopic(topic, partitions, 1, config=config or {})], request_timeout=timeout_s
     )

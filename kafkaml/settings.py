@@ -51,6 +51,19 @@ class Settings:
     setting); infer has its own, ``infer_max_body_bytes``."""
     request_timeout_s: float = 600.0
     """Knative's request timeout; training that cannot fit must use the JobSink route."""
+    kafka_security_protocol: str = "PLAINTEXT"
+    """Kafka listener protocol every client uses: ``PLAINTEXT``, ``SASL_PLAINTEXT``, ``SSL`` or
+    ``SASL_SSL``. The local stack's broker takes ``SASL_PLAINTEXT`` too (SCRAM users made at
+    format time)."""
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    """SASL mechanism with SASL: ``SCRAM-SHA-512``, ``SCRAM-SHA-256``, ``PLAIN``."""
+    kafka_username: str = ""
+    """SASL user (a Strimzi ``KafkaUser`` per function on a cluster)."""
+    kafka_password: str = field(default="", repr=False)
+    """SASL password. Never logged, never in an error body."""
+    kafka_ca_file: str = ""
+    """PEM file of the CA that signed the brokers' certificates (``SSL``, ``SASL_SSL``); empty:
+    the system's trust store."""
     kafka_timeout_s: float = 30.0
     """Bound on every Kafka wait (metadata, watermarks, delivery confirmation)."""
     infer_produce_timeout_s: float = 10.0
@@ -228,12 +241,56 @@ class Settings:
         named = [i.strip() for i in self.infer_images.split(",") if i.strip()]
         return tuple(dict.fromkeys(named or [self.infer_image]))
 
+    @property
+    def kafka(self) -> KafkaBootstrap:
+        """The bootstrap servers with the security config every Kafka client of these settings
+        needs (``kafkaml.kafka.client_config`` applies it)."""
+        return KafkaBootstrap(self.kafka_bootstrap, kafka_security(self))
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def to_env(self) -> dict[str, str]:
         """The ``KML_*`` variables that rebuild these settings in a child process."""
         return {PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+class KafkaBootstrap(str):
+    """Bootstrap servers (the string every message names) that carry the security part of a
+    client's config, so each client built from them connects as these settings say, and nothing
+    that prints them shows the password."""
+
+    security: dict[str, str]
+
+    def __new__(cls, servers: str, security: Mapping[str, str] | None = None) -> KafkaBootstrap:
+        self = super().__new__(cls, servers)
+        self.security = dict(security or {})
+        return self
+
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL")
+
+
+def kafka_security(settings: Settings) -> dict[str, str]:
+    """librdkafka's security properties for ``settings`` (empty for plaintext)."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if protocol not in KAFKA_PROTOCOLS:
+        raise ValueError(
+            f"KML_KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol!r} is none of "
+            + ", ".join(KAFKA_PROTOCOLS)
+        )
+    if protocol == "PLAINTEXT":
+        return {}
+    out = {"security.protocol": protocol}
+    if protocol.startswith("SASL_"):
+        if not settings.kafka_username:
+            raise ValueError(f"KML_KAFKA_USERNAME: required with {protocol}")
+        out["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        out["sasl.username"] = settings.kafka_username
+        out["sasl.password"] = settings.kafka_password
+    if protocol.endswith("SSL") and settings.kafka_ca_file:
+        out["ssl.ca.location"] = settings.kafka_ca_file
+    return out
 
 
 _DEFAULTS = Settings()

@@ -80,9 +80,7 @@ def follow_training(settings: Settings, run_id: str, start: dict[int, int]) -> d
         console=console,
     ) as bar:
         task = bar.add_task(run_id, total=EPOCHS, metrics="")
-        for msg in follow(
-            settings.kafka_bootstrap, settings.results_topic, start, idle_timeout_s=600
-        ):
+        for msg in follow(settings.kafka, settings.results_topic, start, idle_timeout_s=600):
             event = json.loads(msg.value())
             data = event.get("data") or {}
             if data.get("run_id") != run_id:
@@ -118,13 +116,13 @@ def online_predictions(
     settings: Settings, input_topic: str, output_topic: str, images: np.ndarray
 ) -> dict[str, int]:
     """Publish images as RAW records keyed img-<i>; collect the predicted class per key."""
-    start = end_offsets(settings.kafka_bootstrap, output_topic)
-    producer = ConfirmingProducer(settings.kafka_bootstrap)
+    start = end_offsets(settings.kafka, output_topic)
+    producer = ConfirmingProducer(settings.kafka)
     for i, image in enumerate(images):
         producer.produce(input_topic, image.tobytes(), f"img-{i}".encode())
     producer.flush()
     predicted: dict[str, int] = {}
-    for msg in follow(settings.kafka_bootstrap, output_topic, start, idle_timeout_s=60):
+    for msg in follow(settings.kafka, output_topic, start, idle_timeout_s=60):
         predicted[msg.key().decode()] = int(np.argmax(json.loads(msg.value())["values"]))
         if len(predicted) == len(images):
             break
@@ -153,11 +151,11 @@ def main() -> int:
     train_x, train_y = images[:-HELD_BACK], labels[:-HELD_BACK]
     held_x, held_y = images[-HELD_BACK:], labels[-HELD_BACK:]
     topic = f"digits-{tag}"
-    ensure_topic(settings.kafka_bootstrap, topic, partitions=3)
-    ensure_topic(settings.kafka_bootstrap, settings.results_topic, partitions=1)
-    results_start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
+    ensure_topic(settings.kafka, topic, partitions=3)
+    ensure_topic(settings.kafka, settings.results_topic, partitions=1)
+    results_start = end_offsets(settings.kafka, settings.results_topic)
     sink = RawSink(
-        settings.kafka_bootstrap,
+        settings.kafka,
         topic,
         deployment["id"],
         data_type="uint8",
@@ -186,7 +184,7 @@ def main() -> int:
 
     input_topic, output_topic = f"digits-in-{tag}", f"digits-out-{tag}"
     for t in (input_topic, output_topic):
-        ensure_topic(settings.kafka_bootstrap, t, partitions=3)
+        ensure_topic(settings.kafka, t, partitions=3)
     inference = client.create_inference(
         run_id=run_id, input_topic=input_topic, output_topic=output_topic, max_scale=3
     )

@@ -139,8 +139,8 @@ def online() -> None:
     step(f"registered {model['name']} v{model['version']}, online deployment {deployment}")
 
     topic = f"drift-{tag}"
-    ensure_topic(settings.kafka_bootstrap, topic, partitions=1)
-    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    ensure_topic(settings.kafka, topic, partitions=1)
+    producer = ConfirmingProducer(settings.kafka, settings.kafka_timeout_s)
     producer.produce(
         settings.control_topic,
         json.dumps(control_message(topic)).encode(),

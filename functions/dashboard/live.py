@@ -165,7 +165,7 @@ class LiveViews:
         with self._lock:
             if self._results is None:
                 self._results = TopicTail(
-                    self.settings.kafka_bootstrap,
+                    self.settings.kafka,
                     self.settings.results_topic,
                     since(RESULTS_LOOKBACK_S),
                     self.progress.handle,
@@ -180,7 +180,7 @@ class LiveViews:
             if found is None:
                 window = PredictionWindow()
                 tail = TopicTail(
-                    self.settings.kafka_bootstrap,
+                    self.settings.kafka,
                     topic,
                     last(window.size),
                     window.handle,

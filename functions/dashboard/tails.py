@@ -19,6 +19,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
 
+from kafkaml.kafka import client_config
+
 log = logging.getLogger("kml.dashboard")
 
 StartAt = Callable[[Consumer, list[TopicPartition], float], list[TopicPartition]]
@@ -96,7 +98,7 @@ class TopicTail:
     def _run(self) -> None:
         consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **client_config(self.bootstrap),
                 "group.id": f"kml-dashboard-{uuid.uuid4().hex}",  # assign only, never commits
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

@@ -102,7 +102,7 @@ def republish(parts: Parts, body: dict, deployment: str) -> str:
         raise ValidationFailed("unknown deployment", [f"deployment_id: {e.message}"]) from None
     message = parse_control_message(json.dumps(body).encode(), None, deployment_id=deployment)
     settings = parts.settings
-    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    producer = ConfirmingProducer(settings.kafka, settings.kafka_timeout_s)
     producer.produce(
         settings.control_topic,
         to_control_message_bytes(message),

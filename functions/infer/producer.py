@@ -24,6 +24,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafkaml.errors import PayloadTooLarge, Unavailable
+from kafkaml.kafka import client_config
 from kafkaml.settings import Settings
 
 LOOP_POLL_S = 0.001
@@ -46,7 +47,7 @@ class DeliveringProducer:
         self.bootstrap, self.timeout_s = bootstrap, timeout_s
         self._producer = Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **client_config(bootstrap),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 2,  # concurrent requests share produce requests; lone ones wait little
@@ -64,7 +65,7 @@ class DeliveringProducer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveringProducer:
-        return cls(settings.kafka_bootstrap, settings.infer_produce_timeout_s)
+        return cls(settings.kafka, settings.infer_produce_timeout_s)
 
     def send(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]

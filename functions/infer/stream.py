@@ -33,6 +33,7 @@ from functions.infer.stream_batch import (
 )
 from functions.infer.stream_probes import StreamMetrics, serve_probes
 from kafkaml.errors import KmlError, PayloadTooLarge, Unavailable
+from kafkaml.kafka import client_config
 from kafkaml.manifests import service_name
 from kafkaml.settings import Settings
 
@@ -58,7 +59,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     """The consumer of one stream process: a member of the deployment's group (the group the
     KafkaSource of event mode uses, and the one KEDA watches), committing only by hand."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **client_config(settings.kafka),
         "group.id": service_name(settings.inference_id),
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -102,7 +103,7 @@ class StreamWorker:
         spec, s = self.service.spec, self.settings
         self._producer = self._producer_factory(
             {
-                "bootstrap.servers": s.kafka_bootstrap,
+                **client_config(s.kafka),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,

@@ -31,7 +31,7 @@ def build(settings: Settings, registry: Registry) -> Function:
         return event_response(*handlers.handle_event(registry, settings, event))
 
     def offsets(topic: str) -> dict[int, int]:  # a stream's lag, read where its records are
-        return end_offsets(settings.kafka_bootstrap, topic, min(settings.kafka_timeout_s, 5.0))
+        return end_offsets(settings.kafka, topic, min(settings.kafka_timeout_s, 5.0))
 
     validator.warm_up(settings)
     return Function(

@@ -23,7 +23,7 @@ OffsetReader = Callable[[Settings, Sequence[OffsetRange]], RangeRecords]
 def read_from_kafka(settings: Settings, ranges: Sequence[OffsetRange]) -> RangeRecords:
     """The records of ``ranges`` from the settings' Kafka, every wait and the bytes bounded."""
     return read_offset_ranges(
-        settings.kafka_bootstrap,
+        settings.kafka,
         ranges,
         timeout_s=settings.kafka_timeout_s,
         max_bytes=settings.train_max_bytes,

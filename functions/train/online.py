@@ -65,7 +65,7 @@ class OnlineTrainer:
         self.registry = self.trainer.registry
         if self.offsets is None:
             s = self.settings
-            self.offsets = lambda topic: end_offsets(s.kafka_bootstrap, topic, s.kafka_timeout_s)
+            self.offsets = lambda topic: end_offsets(s.kafka, topic, s.kafka_timeout_s)
 
     # -- start ----------------------------------------------------------------------------------
     def start(self, msg: ControlMessage) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class ResultsPublisher:
     def producer(self) -> ConfirmingProducer:
         if self._producer is None:
             self._producer = ConfirmingProducer(
-                self._settings.kafka_bootstrap, self._settings.kafka_timeout_s
+                self._settings.kafka, self._settings.kafka_timeout_s
             )
         return self._producer
 

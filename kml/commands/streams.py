@@ -40,7 +40,7 @@ def list_streams() -> None:
         settings, registry = _registry()
         table = Table("stream", "status", "deployment", "topic", "windows", "promotions", "lag")
         for s in sorted(registry.list_streams(), key=lambda s: s.get("created", "")):
-            ends = end_offsets(settings.kafka_bootstrap, s["topic"], settings.kafka_timeout_s)
+            ends = end_offsets(settings.kafka, s["topic"], settings.kafka_timeout_s)
             table.add_row(
                 s["id"],
                 s.get("status", "-"),
@@ -65,7 +65,7 @@ def show(
         if as_json:
             console.print_json(json.dumps(stream))
             return
-        ends = end_offsets(settings.kafka_bootstrap, stream["topic"], settings.kafka_timeout_s)
+        ends = end_offsets(settings.kafka, stream["topic"], settings.kafka_timeout_s)
         promoted = stream.get("promoted") or {}
         console.print(
             f"stream {stream_id}: [bold]{stream.get('status')}[/]  deployment "

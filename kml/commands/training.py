@@ -79,7 +79,7 @@ def _sink(
     )
     if fmt == "RAW":
         return RawSink(
-            settings.kafka_bootstrap,
+            settings.kafka,
             topic,
             deployment,
             data_type=x.dtype.name,
@@ -88,7 +88,7 @@ def _sink(
         )
     if fmt == "JSON":
         return JsonSink(
-            settings.kafka_bootstrap,
+            settings.kafka,
             topic,
             deployment,
             data_type=x.dtype.name,
@@ -109,7 +109,7 @@ def follow_run(settings: Settings, run_id: str, start: dict[int, int], timeout_s
     with Progress(*columns, console=console) as progress:
         tasks: dict[str, int] = {}
         waiting = progress.add_task(f"waiting for run {run_id}", total=None, info="")
-        for msg in follow(settings.kafka_bootstrap, settings.results_topic, start, timeout_s):
+        for msg in follow(settings.kafka, settings.results_topic, start, timeout_s):
             try:
                 event = json.loads(msg.value())
             except ValueError:
@@ -164,9 +164,9 @@ def train(
     with friendly_errors():
         settings = load_settings()
         x, y = load_data(data)
-        ensure_topic(settings.kafka_bootstrap, topic, partitions, settings.kafka_timeout_s)
-        ensure_topic(settings.kafka_bootstrap, settings.results_topic, 1, settings.kafka_timeout_s)
-        start = end_offsets(settings.kafka_bootstrap, settings.results_topic)
+        ensure_topic(settings.kafka, topic, partitions, settings.kafka_timeout_s)
+        ensure_topic(settings.kafka, settings.results_topic, 1, settings.kafka_timeout_s)
+        start = end_offsets(settings.kafka, settings.results_topic)
         sink = _sink(
             fmt.upper(), settings, topic, deployment, x, y, validation_rate, test_rate, kafka_ml_key
         )
@@ -295,7 +295,7 @@ def republish(
 ) -> ControlMessage:
     """Validate and publish a control message body keyed by ``deployment``; waits for Kafka."""
     message = parse_control_message(json.dumps(body).encode(), None, deployment_id=deployment)
-    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
+    producer = ConfirmingProducer(settings.kafka, settings.kafka_timeout_s)
     producer.produce(
         settings.control_topic,
         to_control_message_bytes(message),

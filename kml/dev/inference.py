@@ -65,7 +65,7 @@ def ensure_topics(
     timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
     topics = [*inference_topics(spec), settings.dlq_topic]
     for topic in dict.fromkeys(topics):
-        ensure_topic(settings.kafka_bootstrap, topic, TOPIC_PARTITIONS, timeout_s=timeout)
+        ensure_topic(settings.kafka, topic, TOPIC_PARTITIONS, timeout_s=timeout)
     return topics
 
 
@@ -156,7 +156,7 @@ def wait_for_source(settings: Settings, spec: dict[str, Any], timeout_s: float =
     from kml.dev.bridge.runner import read_status
 
     topic, name = spec["input_topic"], service_name(spec["id"])
-    wanted = {f"{topic}/{p}" for p in end_offsets(settings.kafka_bootstrap, topic)}
+    wanted = {f"{topic}/{p}" for p in end_offsets(settings.kafka, topic)}
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
     while time.monotonic() < deadline:

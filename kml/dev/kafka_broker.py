@@ -1,11 +1,20 @@
-"""A single-node Apache Kafka broker in KRaft mode (broker + controller) on loopback."""
+"""A single-node Apache Kafka broker in KRaft mode (broker + controller) on loopback.
+
+With ``KML_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` in the settings its client
+listener takes SCRAM users only: the settings' user (``KML_KAFKA_USERNAME``/``PASSWORD``) is
+bootstrapped into the metadata when the storage is formatted (``kafka-storage format
+--add-scram``), the broker talks to itself as that user, and a client without it is refused.
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
-from kafkaml.settings import Settings
+from kafkaml.auth import write_private
+from kafkaml.kafka import client_config
+from kafkaml.settings import KafkaBootstrap, Settings
 from kml.dev import tools
 from kml.dev.procs import Proc, StackError, port_answers, require_free
 
@@ -38,19 +47,56 @@ class KafkaBroker:
     def address(self) -> str:
         return f"127.0.0.1:{self.settings.kafka_port}"
 
+    @property
+    def scram(self) -> bool:
+        """Whether the client listener takes SCRAM users only (``SASL_PLAINTEXT``)."""
+        protocol = self.settings.kafka_security_protocol.strip().upper()
+        if protocol in ("SSL", "SASL_SSL"):
+            raise StackError(
+                f"the local broker has no TLS listener: KML_KAFKA_SECURITY_PROTOCOL={protocol} "
+                "is for a Kafka of your own (SASL_PLAINTEXT gives the local one SCRAM users)"
+            )
+        return protocol == "SASL_PLAINTEXT"
+
+    def _scram_user(self) -> tuple[str, str, str]:
+        s = self.settings
+        mechanism = s.kafka_sasl_mechanism.strip().upper()
+        if mechanism not in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+            raise StackError(f"KML_KAFKA_SASL_MECHANISM={mechanism}: the local broker does SCRAM")
+        for name, value in (
+            ("KML_KAFKA_USERNAME", s.kafka_username),
+            ("password", s.kafka_password),
+        ):
+            # they go into a JAAS line and kafka-storage's [name=...,password=...] argument
+            if not re.fullmatch(r"[A-Za-z0-9_.~-]+", value or ""):
+                raise StackError(f"{name}: required, letters, digits and _.~- only")
+        return mechanism, s.kafka_username, s.kafka_password
+
     def _properties(self) -> str:
         s = self.settings
+        client = "SASL_PLAINTEXT" if self.scram else "PLAINTEXT"
+        sasl = []
+        if self.scram:
+            mechanism, user, password = self._scram_user()
+            module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+            sasl = [
+                f"sasl.enabled.mechanisms={mechanism}",
+                f"sasl.mechanism.inter.broker.protocol={mechanism}",
+                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config={module} "
+                f'required username="{user}" password="{password}";',
+            ]
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
-                f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},"
+                f"listeners={client}://127.0.0.1:{s.kafka_port},"
                 f"CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+                f"advertised.listeners={client}://127.0.0.1:{s.kafka_port}",
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
+                f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
+                f"inter.broker.listener.name={client}",
+                *sasl,
                 f"log.dirs={(self.home / 'data').resolve()}",
                 "num.partitions=1",
                 "offsets.topic.replication.factor=1",
@@ -67,11 +113,25 @@ class KafkaBroker:
         )
 
     def _format_once(self, java: str, libs: Path, config: Path) -> None:
+        users = self.home / "scram-user"  # who was bootstrapped at format time
         if (self.home / "data" / "meta.properties").exists():
+            had = users.read_text().strip() if users.is_file() else ""
+            if self.scram and had != self._scram_user()[1]:
+                raise StackError(
+                    f"the Kafka storage in {self.home} was formatted without the SCRAM user "
+                    f"{self.settings.kafka_username!r}: `kml dev down --purge` and start again"
+                )
             return
         cluster_file = self.home / "cluster.id"
         if not cluster_file.exists():
             cluster_file.write_text(_cluster_id())
+        scram = []
+        if self.scram:
+            mechanism, user, password = self._scram_user()
+            scram = ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
+            users.write_text(user + "\n")
+        else:
+            users.unlink(missing_ok=True)
         tools._run(
             [
                 java,
@@ -83,6 +143,7 @@ class KafkaBroker:
                 "-c",
                 str(config),
                 "--ignore-formatted",
+                *scram,
             ],
             "formatting the Kafka storage",
             120,
@@ -99,7 +160,7 @@ class KafkaBroker:
         )
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
-        config.write_text(self._properties())
+        write_private(config, self._properties())  # it holds the SCRAM password
         (self.home / "log4j2.properties").write_text(LOG4J)
         self._format_once(java, libs, config)
         self.proc.start(
@@ -131,7 +192,10 @@ class KafkaBroker:
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=3)
+            admin = AdminClient(
+                client_config(KafkaBootstrap(self.address, self.settings.kafka.security))
+            )
+            md = admin.list_topics(timeout=3)
         except Exception:
             return False
         return bool(md.brokers)

@@ -121,5 +121,6 @@ def _public(settings: Settings) -> dict:
 
     values = asdict(settings)
     values.pop("s3_secret_key", None)
+    values.pop("kafka_password", None)
     values.pop("auth_token", None)  # it stays in <state_dir>/auth/admin.token, private
     return values

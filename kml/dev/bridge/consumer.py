@@ -20,6 +20,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from kafkaml.kafka import client_config
 from kml.dev.bridge.delivery import Deliverer, Outcome
 from kml.dev.bridge.events import Record, record_to_event
 from kml.dev.bridge.offsets import OffsetTracker
@@ -89,7 +90,7 @@ class SourceConsumer:
         spec = self.spec
         self._consumer = Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **client_config(self.bootstrap),
                 "group.id": spec.consumer_group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": spec.initial_offset,

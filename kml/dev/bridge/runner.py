@@ -24,7 +24,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from kafkaml.errors import KmlError
-from kafkaml.kafka import ensure_topic
+from kafkaml.kafka import client_config, ensure_topic
 from kafkaml.settings import Settings
 from kml.dev.bridge.consumer import SourceConsumer
 from kml.dev.bridge.delivery import Deliverer, SinkResolver
@@ -99,7 +99,7 @@ class Bridge:
             log.warning("cannot reproduce: " + line)
         self._producer = Producer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
+                **client_config(self.settings.kafka),
                 "enable.idempotence": True,
                 "message.timeout.ms": int(self.settings.kafka_timeout_s * 1000),
             }
@@ -170,7 +170,7 @@ class Bridge:
                 if spec.origin != base or topic in self._topics_ensured:
                     continue
                 try:
-                    ensure_topic(self.settings.kafka_bootstrap, topic, 1)
+                    ensure_topic(self.settings.kafka, topic, 1)
                 except Exception as e:  # Unavailable, or a timeout of the admin request
                     reason = e.message if isinstance(e, KmlError) else repr(e)
                     found.problems.append(f"{spec.origin}: topic {topic}: {reason}")
@@ -199,9 +199,7 @@ class Bridge:
             self.settings.kafka_timeout_s,
             token=self.settings.auth_token,
         )
-        consumer = SourceConsumer(
-            spec, self.settings.kafka_bootstrap, deliverer, self.commit_interval_s
-        )
+        consumer = SourceConsumer(spec, self.settings.kafka, deliverer, self.commit_interval_s)
         self.consumers[consumer.key] = consumer
         log.info(
             "source started",
