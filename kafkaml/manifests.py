@@ -33,6 +33,9 @@ from kafkaml.settings import Settings
 
 SETTINGS_CONFIGMAP = "kml-settings"
 S3_SECRET = "kml-s3-infer"  # infer's own, read-only key (storage.access)
+KAFKA_SECRET = "kml-kafka-infer"
+"""Infer's Kafka user (keys ``user``, ``password``, ``saslType``, ``ca.crt`` as Knative's
+KafkaSource reads them): its pods produce with it and its KafkaSource consumes with it."""
 SERVICE_PREFIX = "kml-infer-"
 CONTAINER_PORT = 8080
 TIMEOUT_SECONDS = 300
@@ -193,6 +196,7 @@ def _service(
         "env": [
             {"name": "KML_INFERENCE_ID", "value": str(spec["id"])},
             {"name": "KML_INFER_REQUEST_SLOTS", "value": str(slots)},
+            *kafka_user_env(settings, KAFKA_SECRET),
         ],
         "envFrom": [
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
@@ -264,6 +268,7 @@ def _kafka_source(
             "bootstrapServers": servers,
             "topics": [spec["input_topic"]],
             "consumerGroup": name,
+            **kafka_source_net(settings, KAFKA_SECRET),
             # A new consumer group starts at the topic's beginning (as Kafka-ML's inference does):
             # records sent before the source was ready are predicted, not skipped.
             "initialOffset": "earliest",
@@ -289,6 +294,41 @@ def _kafka_source(
     }
 
 
+def kafka_source_net(settings: Settings, secret: str) -> dict[str, Any]:
+    """A KafkaSource's ``spec.net`` for the settings' Kafka security: SASL (user, password and
+    mechanism from ``secret``) and TLS (its ``ca.crt`` when a CA file is set); nothing for
+    plaintext. The values stay in the Secret, never in the manifest."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    net: dict[str, Any] = {}
+
+    def ref(key: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": secret, "key": key}}
+
+    if protocol.startswith("SASL_"):
+        net["sasl"] = {
+            "enable": True,
+            "user": ref("user"),
+            "password": ref("password"),
+            "type": ref("saslType"),
+        }
+    if protocol.endswith("SSL"):
+        net["tls"] = {
+            "enable": True,
+            **({"caCert": ref("ca.crt")} if settings.kafka_ca_file else {}),
+        }
+    return {"net": net} if net else {}
+
+
+def kafka_user_env(settings: Settings, secret: str) -> list[dict[str, Any]]:
+    """A pod's ``KML_KAFKA_USERNAME``/``PASSWORD`` from ``secret`` when the settings use SASL."""
+    if not settings.kafka_security_protocol.strip().upper().startswith("SASL_"):
+        return []
+    return [
+        {"name": env, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+        for env, key in (("KML_KAFKA_USERNAME", "user"), ("KML_KAFKA_PASSWORD", "password"))
+    ]
+
+
 def _oidc(settings: Settings) -> bool:
     return settings.auth_data_plane == "oidc" and bool(settings.auth_oidc_audience)
 
@@ -305,6 +345,7 @@ def _deployment(
         "env": [
             {"name": "KML_INFERENCE_ID", "value": str(spec["id"])},
             {"name": "KML_INFER_STREAM_PORT", "value": str(CONTAINER_PORT)},
+            *kafka_user_env(settings, KAFKA_SECRET),
         ],
         "envFrom": [
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
