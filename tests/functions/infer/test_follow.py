@@ -250,3 +250,83 @@ def test_a_pinned_run_is_labelled_with_its_run_id_and_follows_nothing():
         assert r.get_json()["model_version"] == "run-1"
     finally:
         service.close()
+
+
+class _Msg:
+    def __init__(self, offset: int, value: bytes) -> None:
+        self._offset, self._value = offset, value
+
+    def error(self):
+        return None
+
+    def value(self) -> bytes:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"k%d" % self._offset
+
+    def headers(self):
+        return None
+
+    def topic(self) -> str:
+        return "in"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class _Consumer:
+    def __init__(self, batches: list[list[_Msg]]) -> None:
+        self.batches = batches
+
+    def subscribe(self, topics, **callbacks) -> None:
+        callbacks["on_assign"](self, [type("TP", (), {"partition": 0, "topic": "in"})()])
+
+    def consume(self, n, timeout):
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, dict]] = []
+
+    def produce(self, topic, value, key, headers=None) -> None:
+        self.sent.append((key, dict(headers)))
+
+    def flush(self, timeout) -> int:
+        return 0
+
+
+def test_stream_mode_labels_each_batch_with_the_version_that_predicted_it():
+    from functions.infer.stream import StreamWorker
+
+    pointers = Pointers()
+    svc = _service(pointers, {"run-a": LinearModel(), "run-b": Shifted()})
+    x = np.random.default_rng(5).random((4, 8, 8), dtype=np.float32)
+    consumer = _Consumer([[_Msg(i, x[i].tobytes()) for i in (0, 1)], [_Msg(2, x[2].tobytes())]])
+    producer = _Producer()
+    worker = StreamWorker(
+        svc.settings, svc, consumer_factory=lambda c: consumer, producer_factory=lambda c: producer
+    )
+    try:
+        worker.connect()
+        assert worker.step() == 2
+        pointers.promote(B, "run-b")
+        assert svc.follow_once() == "swapped"
+        assert worker.step() == 1
+    finally:
+        svc.close()
+    assert [(k, h["kml-model-version"]) for k, h in producer.sent] == [
+        (b"k0", A.encode()),
+        (b"k1", A.encode()),
+        (b"k2", B.encode()),
+    ]
