@@ -28,7 +28,8 @@ run (``runs/<run-id>/status.json``; claimed -> running -> succeeded | failed)
     :meth:`Registry.reopen_run` makes a failed run retryable again (``kml runs retry``).
 inference (``inference/<id>.json``, manifests at ``inference/<id>.yaml``)
     id, run_id, model, input_format (RAW | AVRO | JSON), input_config, input_topic,
-    output_topic, min_scale, max_scale, target_concurrency, created; image when chosen.
+    output_topic, min_scale, max_scale, target_concurrency, created; image when chosen;
+    stream when it follows an online stream (run_id is then the run promoted at creation).
 event (``events/<sha256(source, id)>.json``)
     source, id, type, state, expires, answer. Claimed with a conditional create BEFORE the
     event is handled (state ``pending`` until ``expires``), then ``done`` with the answer: the
