@@ -191,3 +191,43 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique, monkeypat
     assert api.get("streams", sid)["status"] == "stopped"
     after = tick(settings, unique, WINDOWS)  # stopped: the lag is not trained
     assert sid not in json.dumps(after) and len(api.get("streams", sid)["windows"]) == WINDOWS
+
+
+def test_a_read_only_session_sees_the_stream_but_cannot_stop_it(browser, pipeline, unique):
+    from pathlib import Path
+
+    from kafkaml.auth import READ, add_token
+    from storage.registry import Registry
+
+    settings = pipeline.settings
+    registry = Registry.from_settings(settings)
+    sid = f"stream-ro-{unique}"
+    registry.create_stream(
+        sid,
+        {
+            "deployment_id": "1",
+            "topic": f"nowhere-{unique}",
+            "status": "open",
+            "cursor": {"0": 0},
+            "metric": "val_accuracy",
+            "change": "up",
+            "improvement": 0.05,
+            "windows": [],
+            "promotions": 0,
+        },
+    )
+    reader = add_token(Path(settings.auth_tokens_file), f"reader-{unique}", [READ])
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=pipeline.url)
+    try:
+        tab = context.new_page()
+        tab.goto(f"/login?token={reader}&next=/streams/{sid}")
+        assert tab.url.endswith(f"/streams/{sid}")
+        assert tab.locator("#stream-status").inner_text() == "open"
+        assert tab.locator("#stop-stream").count() == 0
+        assert "needs a token with the write scope" in tab.content()
+        assert "No window yet" in tab.content()
+        refused = tab.request.post(f"/streams/{sid}/stop")  # the form's POST, sent anyway
+        assert refused.status == 403 and "write" in refused.text()
+        assert registry.get_stream(sid)[0]["status"] == "open"
+    finally:
+        context.close()
