@@ -119,6 +119,8 @@ class Bridge:
         url = self.fixed_urls["kml-train"]
         while not self._stop.wait(self.tick_interval_s):
             headers, body = to_http(new_event(STREAM_TICK, "/kml/dev/bridge/ticker", {}))
+            if self.settings.auth_token:  # train checks every call, ticks too
+                headers["Authorization"] = f"Bearer {self.settings.auth_token}"
             request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
                 with urllib.request.urlopen(request, timeout=self.settings.request_timeout_s) as r:

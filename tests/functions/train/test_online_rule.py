@@ -102,12 +102,13 @@ def test_the_local_bridge_ticks_train_like_the_pingsource(tmp_path):
     from kafkaml.settings import Settings
     from kml.dev.bridge.runner import Bridge
 
-    received = []
+    received, tokens = [], []
 
     class Train(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             received.append(parse_http(dict(self.headers), body))
+            tokens.append(self.headers.get("Authorization"))
             self.send_response(200)
             self.send_header("content-length", "0")
             self.end_headers()
@@ -118,7 +119,7 @@ def test_the_local_bridge_ticks_train_like_the_pingsource(tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Train)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        settings = Settings.from_env().replace(state_dir=str(tmp_path))
+        settings = Settings.from_env().replace(state_dir=str(tmp_path), auth_token="kml_tick")
         url = f"http://127.0.0.1:{server.server_port}"
         bridge = Bridge(settings, fixed_urls={"kml-train": url}, tick_interval_s=0.2)
         ticker = threading.Thread(target=bridge._tick_loop, daemon=True)
@@ -133,3 +134,4 @@ def test_the_local_bridge_ticks_train_like_the_pingsource(tmp_path):
     assert len(received) >= 2
     assert {e.type for e in received} == {STREAM_TICK}
     assert len({e.id for e in received}) == len(received)  # each tick is a new event
+    assert set(tokens) == {"Bearer kml_tick"}  # access control is on: train refuses anonymous
