@@ -216,6 +216,19 @@ class InferenceSpec(Record):
         return tuple(f for f in cls.input_fields() if f not in optional)
 
     @classmethod
+    def stored_problems(
+        cls, data: Mapping[str, Any], settings: Settings | None = None
+    ) -> list[str]:
+        """Every problem of a stored spec's user fields: as ``problems``, except that a spec
+        following a ``stream`` also holds the run its pointer named at creation."""
+        if data.get("stream") is None:
+            return cls.problems(data, settings)
+        problems = cls.problems({k: v for k, v in data.items() if k != "run_id"}, settings)
+        if p := name_problem("run_id", data.get("run_id")):
+            problems.append(p)
+        return problems
+
+    @classmethod
     def problems(cls, data: Mapping[str, Any], settings: Settings | None = None) -> list[str]:
         """Every problem of a ``kml.inference.create`` body (model and input may come later),
         against the settings' caps and allowed images too."""

@@ -106,7 +106,7 @@ def manifests_yaml(settings: Settings, inference_id: str) -> str:
 
     spec = Registry.from_settings(settings).get_inference(inference_id)
     given = {k: v for k, v in spec.items() if k in InferenceSpec.input_fields()}
-    problems = InferenceSpec.problems(given, settings)
+    problems = InferenceSpec.stored_problems(given, settings)
     if problems:
         raise ValidationFailed(
             f"stored inference spec {inference_id} refused: {'; '.join(problems)}", problems

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from kafkaml.events import INFERENCE_CREATE
+from kml.commands.inference import manifests_yaml
 from storage.specs import InferenceSpec
 from tests.functions.register.conftest import answer
 from tests.functions.register.test_cli import register_url, run_kml  # noqa: F401 - fixtures
@@ -51,6 +52,10 @@ def test_a_spec_names_a_run_or_a_stream_exactly_once():
         {**EVENT, "run_id": "run-1", "model": "m", "input_format": "RAW", "input_config": {}}
     )
     assert "stream" not in pinned.to_dict()  # a pinned run's record is as before
+    # stored, a stream's spec holds the run promoted at creation too: not "both"
+    assert InferenceSpec.stored_problems({**EVENT, "run_id": "run-1", "stream": "s-1"}) == []
+    [bad] = InferenceSpec.stored_problems({**EVENT, "stream": "s-1"})
+    assert bad.startswith("run_id: None must be")
 
 
 def _window_run(registry, run_id: str) -> None:
@@ -75,7 +80,9 @@ def _stream(registry, stream_id: str, promoted_run: str | None) -> None:
 
 
 @pytest.mark.integration
-def test_a_stream_spec_stores_the_promoted_run_and_the_streams_input(send_binary, registry, unique):
+def test_a_stream_spec_stores_the_promoted_run_and_the_streams_input(
+    send_binary, registry, unique, app_settings
+):
     _window_run(registry, f"run-w-{unique}")
     _stream(registry, f"s-{unique}", f"run-w-{unique}")
     r = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"s-{unique}", "id": f"f-{unique}"})
@@ -88,6 +95,9 @@ def test_a_stream_spec_stores_the_promoted_run_and_the_streams_input(send_binary
     )
     assert record["input_format"] == "RAW" and record["input_config"] == CONTROL["input_config"]
     assert registry.get_inference(f"f-{unique}")["stream"] == f"s-{unique}"
+    # kml deploy inference renders the stored spec again, checked as register checks it
+    yaml_text = manifests_yaml(app_settings, f"f-{unique}")
+    assert f"kml-infer-f-{unique}" in yaml_text
 
 
 @pytest.mark.integration
