@@ -138,6 +138,17 @@ class OnlineTrainer:
                 report.append({"stream_id": stream["id"], "error": e.message, "status": e.status})
                 if e.retryable and retry is None:
                     retry = e
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+            ) as e:  # e.g. a stream record lacking a field: the other streams still train
+                reason = f"window failed: {type(e).__name__}: {e}"
+                log.error(
+                    "window not trained",
+                    extra={"fields": {"stream": stream.get("id"), "reason": reason}},
+                )
+                report.append({"stream_id": stream.get("id"), "error": reason, "status": 422})
         if retry is not None:  # a transient fault: the tick's redelivery (or the next) retries
             raise retry
         return {"streams": report}
