@@ -34,7 +34,7 @@ from kafkaml.settings import Settings
 SETTINGS_CONFIGMAP = "kml-settings"
 S3_SECRET = "kml-s3-infer"  # infer's own, read-only key (storage.access)
 KAFKA_SECRET = "kml-kafka-infer"
-"""Infer's Kafka user (keys ``user``, ``password``, ``saslType``, ``ca.crt`` as Knative's
+"""Infer's Kafka user (keys ``user``, ``password``, ``sasl.mechanism``, ``ca.crt``, as Knative's
 KafkaSource reads them): its pods produce with it and its KafkaSource consumes with it."""
 SERVICE_PREFIX = "kml-infer-"
 CONTAINER_PORT = 8080
@@ -309,7 +309,7 @@ def kafka_source_net(settings: Settings, secret: str) -> dict[str, Any]:
             "enable": True,
             "user": ref("user"),
             "password": ref("password"),
-            "type": ref("saslType"),
+            "type": ref("sasl.mechanism"),
         }
     if protocol.endswith("SSL"):
         net["tls"] = {

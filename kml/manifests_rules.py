@@ -223,7 +223,9 @@ def check_strimzi(doc: dict[str, Any]) -> list[str]:
     kind, spec = doc.get("kind"), doc.get("spec") or {}
     labels = (doc.get("metadata") or {}).get("labels") or {}
     found = []
-    if kind in ("KafkaTopic", "KafkaNodePool") and not labels.get("strimzi.io/cluster"):
+    if kind in ("KafkaTopic", "KafkaNodePool", "KafkaUser") and not labels.get(
+        "strimzi.io/cluster"
+    ):
         found.append("label strimzi.io/cluster must name the Kafka cluster")
     if kind == "KafkaTopic":
         for field in ("partitions", "replicas"):
@@ -234,6 +236,15 @@ def check_strimzi(doc: dict[str, Any]) -> list[str]:
             found.append("spec.replicas must be an integer >= 1")
         if not set(spec.get("roles") or []) or not set(spec["roles"]) <= {"controller", "broker"}:
             found.append("spec.roles must be a non-empty subset of [controller, broker]")
+    elif kind == "KafkaUser":
+        if (spec.get("authentication") or {}).get("type") not in ("scram-sha-512", "tls"):
+            found.append("spec.authentication.type must be scram-sha-512 or tls")
+        authorization = spec.get("authorization") or {}
+        if authorization.get("type") != "simple" or not authorization.get("acls"):
+            found.append("spec.authorization must be simple with acls")
+        for i, rule in enumerate(authorization.get("acls") or []):
+            if not (rule.get("resource") or {}).get("type") or not rule.get("operations"):
+                found.append(f"spec.authorization.acls[{i}] needs a resource type and operations")
     elif kind == "Kafka":
         if not ((spec.get("kafka") or {}).get("listeners")):
             found.append("spec.kafka.listeners must list at least one listener")

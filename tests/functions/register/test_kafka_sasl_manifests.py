@@ -33,7 +33,7 @@ def test_event_mode_source_and_service_use_infers_kafka_user(crds):
             "enable": True,
             "user": ref("user"),
             "password": ref("password"),
-            "type": ref("saslType"),
+            "type": ref("sasl.mechanism"),
         },
         "tls": {"enable": True, "caCert": ref("ca.crt")},
     }
