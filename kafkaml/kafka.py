@@ -141,7 +141,10 @@ def read_offset_ranges(
 
     ``max_bytes`` (0: no bound) bounds the keys and values read together: passing it stops the
     read at once with a 413 naming ``KML_TRAIN_MAX_BYTES``."""
-    consumer = _reader(bootstrap, config)
+    # The ranges exist (checked against the watermarks): a broker holding an empty fetch open
+    # for new data (500 ms by default) only delays the next partition's first fetch, which
+    # made 1,797 records on 3 partitions take 1.1 s; 0.15 s with 5 ms.
+    consumer = _reader(bootstrap, {"fetch.wait.max.ms": 5, **(config or {})})
     try:
         check_ranges(consumer, bootstrap, ranges, timeout_s)
         return _read(consumer, bootstrap, ranges, timeout_s, batch_size, ByteBudget(max_bytes))
