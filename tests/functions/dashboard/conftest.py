@@ -55,8 +55,12 @@ def pipeline(stack, tmp_path_factory) -> Pipeline:
         LocalInference(settings),
     ]
     try:
-        for part in parts:
-            part.start()
+        with pytest.MonkeyPatch.context() as env:
+            # No ticker in the bridge: a stream's windows are the ticks its test sends (as the
+            # PingSource would), not also whatever a minute's tick finds meanwhile.
+            env.setenv("KML_STREAM_TICK_S", "0")
+            for part in parts:
+                part.start()
         yield Pipeline(settings)
     finally:
         for part in reversed(parts):
