@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -235,6 +236,21 @@ def run(settings, args: argparse.Namespace) -> Result:
     result.targets["0.25 ms / event path server CPU per record (after)"] = ">= 1x"
     result.ratios["25 ms / event path p99 at half rate (after)"] = 25 / kafka["p99 ms @half"]
     result.targets["25 ms / event path p99 at half rate (after)"] = ">= 1x"
+    cores = kafka["server CPU ms/rec"] * kafka["records/s (burst)"] / 1000
+    result.notes.append(
+        f"where the time goes (after): {kafka['server CPU ms/rec']:.2f} ms of server CPU per "
+        f"Kafka record against {after['kserve']['server CPU ms/rec']:.2f} ms per :predict "
+        "request on the same loop; the difference is the record's produce, its delivery report "
+        "and the loop's millisecond polls (librdkafka's broker thread included). At burst the "
+        f"server used {cores:.2f} of a core (load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores at the end of the run), so records/s is bound by the CPU it got: "
+        f"with a core of its own it would do about {1000 / kafka['server CPU ms/rec']:,.0f}/s. "
+        f"At half rate a Kafka record took p50 {kafka['p50 ms @half']:.1f} / p99 "
+        f"{kafka['p99 ms @half']:.0f} ms (the acknowledged produce included) and a :predict "
+        f"request, without Kafka, p50 {after['kserve']['p50 ms @half']:.1f} / p99 "
+        f"{after['kserve']['p99 ms @half']:.0f} ms; with that load average much of it is "
+        "waiting for a CPU."
+    )
     result.notes.append(
         f"one worker process each; {args.partitions} partitions x {args.in_flight} requests in "
         "flight (the dispatcher's unordered mode), keep-alive, binary mode, the deliver token; "
