@@ -154,9 +154,7 @@ def test_predict_answers_as_kserve_and_names_bad_bodies(served):
         "POST", "/v1/models/digits-1:predict", json.dumps({"instances": x.tolist()}).encode()
     )
     assert status == 200
-    np.testing.assert_allclose(
-        json.loads(body)["predictions"], served.model.expected(x), rtol=1e-5
-    )
+    np.testing.assert_allclose(json.loads(body)["predictions"], served.model.expected(x), rtol=1e-5)
     bad = served.request("POST", "/v1/models/digits-1:predict", b"{not json")
     assert bad[0] == 400 and "JSON" in json.loads(bad[2])["error"]
     other = served.request("POST", "/v1/models/other:predict", b'{"instances": [[1]]}')
@@ -170,3 +168,27 @@ def test_kafka_down_is_a_503_and_the_probes_and_metrics_answer_through_flask(ser
     assert served.request("GET", "/health/readiness", token=None)[0] == 200
     _, _, metrics = served.request("GET", "/metrics", token=None)
     assert 'kml_infer_requests_total{outcome="server_error",path="kafka"} 1.0' in metrics.decode()
+
+
+def test_a_body_above_the_limit_is_a_413_naming_the_setting():
+    s = Served(LinearModel(), RecordingProducer(), infer_max_body_bytes=1000)
+    try:
+        status, _, body = s.request("POST", "/", b"\0" * 2000, _kafka_headers(0, 1))
+    finally:
+        s.close()
+    assert status == 413 and "KML_INFER_MAX_BODY_BYTES" in json.loads(body)["error"]
+    assert s.producer.sent == []
+
+
+def test_a_request_finding_every_slot_busy_is_a_503_at_once():
+    s = Served(LinearModel(delay_s=0.5), RecordingProducer(), infer_request_slots=1)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(s.request, "POST", "/", _x(1).tobytes(), _kafka_headers(0, 1))
+            threading.Event().wait(0.2)
+            busy = s.request("POST", "/", _x(2).tobytes(), _kafka_headers(0, 2))
+            first = slow.result()
+    finally:
+        s.close()
+    assert first[0] == 200
+    assert busy[0] == 503 and "slots are busy" in json.loads(busy[2])["error"]
