@@ -115,7 +115,8 @@ def test_unknown_stream_422_nothing_promoted_409_both_422(send_binary, registry,
 
 
 @pytest.mark.integration
-def test_kml_inference_create_stream(registry, unique, run_kml):  # noqa: F811
+def test_kml_inference_create_stream(registry, unique, run_kml, stack, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("KML_KAFKA_BOOTSTRAP", stack.kafka_bootstrap)  # it makes the topics
     _window_run(registry, f"run-c-{unique}")
     _stream(registry, f"c-{unique}", f"run-c-{unique}")
     args = ["inference", "create", "--input-topic", f"in-{unique}", "--output-topic", "o"]
