@@ -26,8 +26,9 @@ def load_settings(state_dir: str | None = None) -> Settings:
     for private in ("s3_secret_key", "state_dir", "auth_token"):
         keep.pop(private, None)
     from kml.dev.access import with_local_tokens
+    from kml.dev.kafka_broker import with_local_scram
 
-    return with_local_tokens(env_settings.replace(**keep, state_dir=state))
+    return with_local_scram(with_local_tokens(env_settings.replace(**keep, state_dir=state)))
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from kml.commands.common import console, friendly_errors, load_settings
 from kml.dev.access import admin_token_file, provision
+from kml.dev.kafka_broker import with_scram
 from kml.dev.stack import Stack
 
 app = typer.Typer(
@@ -20,10 +21,20 @@ StateDir = typer.Option(None, "--state-dir", help="Where data, logs and PIDs liv
 
 
 @app.command()
-def up(state_dir: str | None = StateDir) -> None:
+def up(
+    state_dir: str | None = StateDir,
+    kafka_scram: bool = typer.Option(
+        False,
+        "--kafka-scram",
+        help="Kafka takes SCRAM-SHA-512 users only (a fresh stack: `kml dev down --purge` first); "
+        "the functions, the bridge and the CLI connect as the local user.",
+    ),
+) -> None:
     """Start every part (fetching or building what is missing) and wait until each is healthy."""
     with friendly_errors():
         settings = provision(load_settings(state_dir))
+        if kafka_scram:
+            settings = with_scram(settings)
         started = time.monotonic()
 
         def report(part) -> None:

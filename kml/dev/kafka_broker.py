@@ -9,6 +9,7 @@ bootstrapped into the metadata when the storage is formatted (``kafka-storage fo
 from __future__ import annotations
 
 import re
+import secrets
 import uuid
 from pathlib import Path
 
@@ -202,6 +203,36 @@ class KafkaBroker:
 
     def stop(self) -> bool:
         return self.proc.stop(timeout=30)
+
+
+def scram_password_file(state_dir: str) -> Path:
+    return Path(state_dir) / "kafka" / "scram.password"
+
+
+def with_scram(settings: Settings) -> Settings:
+    """``settings`` with the local broker's SCRAM user (``kml dev up --kafka-scram``): user
+    ``KML_KAFKA_USERNAME`` (default ``kml``), password ``KML_KAFKA_PASSWORD`` or the one made at
+    the first such start, kept in ``<state_dir>/kafka/scram.password`` (mode 600) for the CLI."""
+    path = scram_password_file(settings.state_dir)
+    password = settings.kafka_password or (path.read_text().strip() if path.is_file() else "")
+    if not password:
+        password = secrets.token_urlsafe(24)
+    write_private(path, password + "\n")
+    return settings.replace(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_username=settings.kafka_username or "kml",
+        kafka_password=password,
+    )
+
+
+def with_local_scram(settings: Settings) -> Settings:
+    """``settings`` with the password of a local broker started ``--kafka-scram`` when they use
+    SASL_PLAINTEXT without one (the CLI's settings: the password is not in settings.json)."""
+    path = scram_password_file(settings.state_dir)
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if protocol != "SASL_PLAINTEXT" or settings.kafka_password or not path.is_file():
+        return settings
+    return settings.replace(kafka_password=path.read_text().strip())
 
 
 def _cluster_id() -> str:

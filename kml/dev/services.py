@@ -83,7 +83,9 @@ class BridgeProcess:
         self.proc.stop()
         (Path(self.settings.state_dir) / "bridge" / "status.json").unlink(missing_ok=True)
         self.proc.start(
-            [sys.executable, "-m", "kml.dev.bridge"], env=child_env(self.settings), cwd=REPO
+            [sys.executable, "-m", "kml.dev.bridge"],
+            env=child_env(self.settings.replace(s3_access_key="", s3_secret_key="")),  # no S3
+            cwd=REPO,
         )
         self.proc.wait_until(
             self.healthy, "the KafkaSource bridge to run its sources", self.start_timeout_s

@@ -88,6 +88,8 @@ def test_up_starts_every_part_healthy_and_down_stops_them_all(settings, tmp_path
         for function in ("register", "train", "dashboard"):  # each with its own S3 key
             environ = Path(f"/proc/{status[function].pid}/environ").read_bytes().split(b"\0")
             assert f"KML_S3_ACCESS_KEY=kml-{function}".encode() in environ, function
+        bridge_env = Path(f"/proc/{status['bridge'].pid}/environ").read_bytes().split(b"\0")
+        assert b"KML_S3_ACCESS_KEY=" in bridge_env  # the bridge holds no S3 key at all
         # A local inference process, as `kml deploy inference ID --local` leaves it.
         fake = Proc("infer", tmp_path / "state" / "infer-demo")
         fake.start([sys.executable, "-c", "import time; time.sleep(300)"])
