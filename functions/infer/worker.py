@@ -56,6 +56,8 @@ log = logging.getLogger("kml")
 MAX_HEAD = 64 * 1024
 """Largest request line plus headers; more is a 431 and the connection closes."""
 _PREDICT_RE = re.compile(r"^/v1/models/([^/]+):predict$")
+_HEADER_RE = re.compile(r"^([^:\r\n]+?)[ \t]*:[ \t]*(.*?)[ \t]*\r?$", re.M)
+"""A header field: its name and its value without the surrounding blanks."""
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -332,13 +334,11 @@ class Connection(asyncio.Protocol):
             return
         try:
             head = bytes(buffer[:end]).decode("latin-1")
-            lines = head.split("\r\n")
-            method, target, version = lines[0].split(" ", 2)
+            request_line, _, fields = head.partition("\r\n")
+            method, target, version = request_line.split(" ", 2)
             headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                value = value.strip()
+            for name, value in _HEADER_RE.findall(fields):  # one C pass over the fields
+                name = name.lower()
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
             length = int(headers.get("content-length", "0"))
         except ValueError:
