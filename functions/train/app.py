@@ -13,26 +13,38 @@ from flask import Flask, Response
 
 from functions.train.online import TICK_TYPES, OnlineTrainer
 from functions.train.service import EVENT_TYPES, Trainer, control_message_from_event, event_time
+from functions.train.training import FrameworkImport
 from kafkaml.events import Event
 from kafkaml.settings import Settings
 from kafkaml.web import Function, function_app, json_response
 
 
-def create_app(settings: Settings | None = None, trainer: Trainer | None = None) -> Flask:
-    """The Flask app; ``trainer`` defaults to one over the settings' storage and Kafka."""
+def create_app(
+    settings: Settings | None = None,
+    trainer: Trainer | None = None,
+    *,
+    preload: bool | None = None,
+) -> Flask:
+    """The Flask app; ``trainer`` defaults to one over the settings' storage and Kafka.
+
+    ``preload`` (default: when the trainer is the real one, as gunicorn starts it) imports
+    TensorFlow while starting and keeps readiness at 503 until it is imported."""
+    if preload is None:
+        preload = trainer is None
 
     def parts(s: Settings) -> Function:
         nonlocal trainer
         trainer = trainer or Trainer.from_settings(s)
-        return build(trainer)
+        return build(trainer, FrameworkImport().start() if preload else None)
 
     app = function_app(settings, parts)
     app.extensions["kml.trainer"] = trainer
     return app
 
 
-def build(trainer: Trainer) -> Function:
-    """Train's parts: both event types run the HTTP route of the trainer; storage readiness."""
+def build(trainer: Trainer, framework: FrameworkImport | None = None) -> Function:
+    """Train's parts: both event types run the HTTP route of the trainer; readiness: storage
+    reachable and (when preloading) TensorFlow imported."""
 
     online = OnlineTrainer(trainer)
 
@@ -45,9 +57,14 @@ def build(trainer: Trainer) -> Function:
     def tick(event: Event) -> Response:
         return json_response(online.tick())
 
+    def ready() -> None:
+        if framework is not None:
+            framework.check()
+        trainer.registry.store.ping()
+
     return Function(
         name="train",
         events={**dict.fromkeys(EVENT_TYPES, receive), **dict.fromkeys(TICK_TYPES, tick)},
-        ready=trainer.registry.store.ping,
+        ready=ready,
         close=trainer.close,
     )

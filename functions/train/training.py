@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from functions.train.dataset import Dataset
-from kafkaml.errors import KmlError, ValidationFailed
+from kafkaml.errors import KmlError, Unavailable, ValidationFailed
 from storage.records import DEFAULT_OPTIMIZER, KERAS_FILE, Model
 from storage.specs import Deployment
 
@@ -43,6 +45,43 @@ class TrainedModel:
     y_true: np.ndarray | None = None
     y_pred: np.ndarray | None = None
     notes: list[str] = field(default_factory=list)
+
+
+class FrameworkImport:
+    """TensorFlow and Keras imported on a thread while the function starts, and the readiness
+    probe unready until they are: the import takes ~2.7 s here, and Knative's readiness gate
+    hides it instead of the first control message paying it (measured 3.9 s from event to the
+    first epoch, 2.7 s of it the import)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self.seconds: float | None = None
+
+    def start(self) -> FrameworkImport:
+        threading.Thread(target=self._run, name="kml-import-tensorflow", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        try:
+            import keras  # noqa: F401  (imports TensorFlow, its backend)
+            import tensorflow  # noqa: F401
+        except BaseException as e:  # a broken install: readiness says so, forever
+            self._error = e
+        finally:
+            self.seconds = time.monotonic() - started
+            self._done.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return self._done.wait(timeout_s)
+
+    def check(self) -> None:
+        """Raises (503) until TensorFlow is imported, or naming why it cannot be."""
+        if not self._done.is_set():
+            raise Unavailable("the train function is still importing TensorFlow")
+        if self._error is not None:
+            raise Unavailable(f"TensorFlow cannot be imported: {_short(self._error)}")
 
 
 def _short(e: BaseException) -> str:
@@ -72,7 +111,28 @@ def build_model(record: Model, load_file: Callable[[str, str], None]) -> Any:
         ) from None
 
 
-def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: float | None) -> None:
+STEPS_PER_EXECUTION = 32
+"""Most training steps one call into TensorFlow runs: Keras spends ~0.8 ms of fixed overhead
+per call, more than a small model's step; 32 steps per call halved a 100-64-10 MLP's epoch
+(200,000 x 100 float32, batch 32). Per-epoch metrics and callbacks are unchanged by it."""
+
+
+def steps_per_execution(records: int, batch_size: int) -> int:
+    """Steps per TensorFlow call for ``records`` in batches of ``batch_size``: up to
+    :data:`STEPS_PER_EXECUTION`, never more than an epoch has."""
+    steps = math.ceil(max(records, 1) / max(batch_size, 1))
+    return max(1, min(STEPS_PER_EXECUTION, steps))
+
+
+def compile_model(
+    model: Any,
+    name: str,
+    spec: dict[str, Any],
+    learning_rate: float | None,
+    steps: int = 1,
+) -> None:
+    """Compile with the record's optimizer, loss and metrics; ``steps`` training steps run per
+    call into TensorFlow (see :func:`steps_per_execution`)."""
     import keras
 
     spec = spec or {}
@@ -85,7 +145,7 @@ def compile_model(model: Any, name: str, spec: dict[str, Any], learning_rate: fl
         loss = spec.get("loss") or "mse"
         loss = keras.losses.get(loss) if isinstance(loss, dict) else loss
         metrics = list(spec.get("metrics") or [])
-        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps)
     except Exception as e:
         raise ModelFailed(
             f"model {name}: compile spec rejected: {_short(e)}",
@@ -155,15 +215,18 @@ def train_model(
     keras.utils.set_random_seed(data.seed)
     model = build_model(record, load_file)
     spec = record.compile
-    compile_model(model, name, spec, deployment.learning_rate)
+    batch_size, epochs = deployment.batch_size, deployment.epochs
+    steps = steps_per_execution(len(data.train), batch_size)
+    compile_model(model, name, spec, deployment.learning_rate, steps)
     if problems := label_problems(model, name, spec, data):
         raise ModelFailed(f"model {name}: labels outside its classes: {problems[0]}", problems)
-    batch_size, epochs = deployment.batch_size, deployment.epochs
 
     class Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             on_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
 
+    # NumPy arrays straight into fit: measured faster here than a tf.data pipeline with
+    # prefetch (4.3 s against 4.6-6.9 s an epoch), and the data is in memory already.
     x_train = data.train.x.astype(np.float32, copy=False)
     validation = None
     if len(data.validation):
