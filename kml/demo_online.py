@@ -7,7 +7,9 @@ Each tick trains one window, test-then-train: train scores the promoted model an
 (the stream's first promoted model) on the window's held-out records before the candidate trains
 on the rest, and promotes by Kafka-ML's improvement rule. The demo prints both accuracy curves,
 the promotions and the windows the online stream needed to recover, and links ``stream.png``
-(drawn by train in MinIO, the same link ``kml streams show`` prints).
+(drawn by train in MinIO, the same link ``kml streams show`` prints). An inference deployment
+following the stream, served locally, shows which version answers after each window: it
+switches on its own.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ BEFORE, AFTER = 4, 5
 EPOCHS = 10
 RECOVERED = 0.8
 """Recovered: the online accuracy is back to this fraction of its accuracy before the drift."""
+PROBE = 20
+"""Images sent to the inference deployment after each window, to see which version answers."""
 DRIFT = np.array([3, 7, 0, 9, 5, 1, 8, 2, 6, 4], dtype=np.uint8)
 """The label mapping after the drift: a permutation moving every digit to another label."""
 
@@ -161,7 +165,7 @@ def online() -> None:
     )
 
     started = time.monotonic()
-    done = 0
+    done, serving = 0, None
     while done < BEFORE + AFTER:
         tick(settings)
         windows = client.get(f"/streams/{sid}")["windows"]
@@ -174,6 +178,11 @@ def online() -> None:
                 highlight=False,
             )
         done = len(windows)
+        if done and serving is None:  # something is promoted: inference follows the stream
+            serving = follow_stream(settings, client, sid, tag)
+        elif serving is not None:
+            versions = probe(settings, serving, x[:PROBE])
+            console.print(f"      inference answered with {_versions(versions)}", highlight=False)
         if time.monotonic() - started > 900:
             raise SystemExit("the windows did not train within 15 minutes")
     elapsed = time.monotonic() - started
@@ -210,6 +219,20 @@ def online() -> None:
         ),
         highlight=False,
     )
+    if serving is not None:
+        final = client.get(f"/streams/{sid}")["promoted"]["model"]
+        waited = time.monotonic()
+        versions = probe(settings, serving, x[:PROBE])
+        while not all(final.endswith(f"@{v}") or v == final for v in versions):
+            if time.monotonic() - waited > 120:
+                break
+            time.sleep(2)
+            versions = probe(settings, serving, x[:PROBE])
+        console.print(
+            f"    inference {serving['id']} follows the stream: after the last window it answers "
+            f"with {_versions(versions)} (promoted: {final}), switched on its own",
+            highlight=False,
+        )
     from storage.registry import Registry
 
     registry = Registry.from_settings(settings)
@@ -222,6 +245,49 @@ def online() -> None:
         f"kml streams show {sid}; dashboard {dashboard}/streams/{sid} (sign in with the token "
         f"in {admin_token_file(settings.state_dir)}); kml streams stop {sid} ends it"
     )
+
+
+def follow_stream(settings: Settings, client: RegisterClient, sid: str, tag: str) -> dict[str, Any]:
+    """An inference deployment that follows the stream (``kml inference create --stream``),
+    served locally; it loads each promoted version by itself."""
+    from kml.demo import wait_for_source
+    from kml.dev.inference import start_local_inference
+
+    input_topic, output_topic = f"drift-in-{tag}", f"drift-out-{tag}"
+    for t in (input_topic, output_topic):
+        ensure_topic(settings.kafka_bootstrap, t, partitions=1)
+    spec = client.create_inference(stream=sid, input_topic=input_topic, output_topic=output_topic)
+    url, pid = start_local_inference(settings, spec["id"])
+    wait_for_source(settings, spec["id"])
+    step(
+        f"inference {spec['id']} follows stream {sid} at {url} (pid {pid}), "
+        f"{input_topic} -> {output_topic}"
+    )
+    return spec
+
+
+def probe(settings: Settings, spec: dict[str, Any], images: np.ndarray) -> list[str]:
+    """The model version (``kml-model-version``) on each prediction of ``images``."""
+    from kafkaml.kafka import end_offsets, follow
+
+    bootstrap = settings.kafka_bootstrap
+    start = end_offsets(bootstrap, spec["output_topic"])
+    producer = ConfirmingProducer(bootstrap, settings.kafka_timeout_s)
+    for i, image in enumerate(images):
+        producer.produce(spec["input_topic"], image.tobytes(), f"probe-{i}".encode())
+    producer.flush()
+    versions: list[str] = []
+    for msg in follow(bootstrap, spec["output_topic"], start, idle_timeout_s=60):
+        headers = dict(msg.headers() or [])
+        versions.append((headers.get("kml-model-version") or b"?").decode())
+        if len(versions) == len(images):
+            break
+    return versions
+
+
+def _versions(versions: list[str]) -> str:
+    counts = {v: versions.count(v) for v in dict.fromkeys(versions)}
+    return ", ".join(f"version {v} ({n})" for v, n in counts.items()) or "nothing"
 
 
 def _num(value: Any) -> str:
