@@ -9,6 +9,7 @@ from bench.readme_table import update_readme
 
 BENCHMARKS = [
     "bench.ingest",
+    "bench.train_fit",
     "bench.infer_kafka",
     "bench.infer_events",
     "bench.infer_stream",
