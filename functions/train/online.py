@@ -22,6 +22,7 @@ from typing import Any
 
 from functions.train import dataset
 from functions.train.artifacts import save_artifacts
+from functions.train.lease import Lease, RunTakenOver
 from functions.train.plots import stream_png
 from functions.train.service import RunFailed, Trainer, UnknownDeployment
 from functions.train.training import train_model
@@ -200,7 +201,7 @@ class OnlineTrainer:
         self, stream: dict[str, Any], msg: ControlMessage, run_id: str
     ) -> dict[str, Any]:
         """The succeeded run of this window (trained now, or found from an earlier delivery)."""
-        lease = self.settings.request_timeout_s
+        lease = self.settings.train_lease_s  # renewed while the window trains, as an ordinary run
         initial = {
             "deployment_id": msg.deployment_id,
             "stream_id": stream["id"],
@@ -238,7 +239,10 @@ class OnlineTrainer:
                     f"window run {run_id} was taken over; retry", run_id=run_id
                 ) from None
         try:
-            return self._train_window(stream, msg, run_id, run_etag)
+            with Lease(self.registry, run_id, run_etag, lease) as held:
+                return self._train_window(stream, msg, held)
+        except RunTakenOver:  # another attempt holds the window now: it records the outcome
+            raise
         except KmlError as e:
             self._fail(run_id, e)
             raise
@@ -249,13 +253,14 @@ class OnlineTrainer:
             raise error from None
 
     def _train_window(
-        self, stream: dict[str, Any], msg: ControlMessage, run_id: str, etag: str
+        self, stream: dict[str, Any], msg: ControlMessage, lease: Lease
     ) -> dict[str, Any]:
+        run_id = lease.run_id
         deployment = self.registry.get_deployment(stream["deployment_id"])
         seed = deployment.get("seed")
         if seed is None:
             seed = int(hashlib.sha256(run_id.encode()).hexdigest()[:8], 16) % 2**31
-        _, etag = self.registry.update_run(run_id, etag, status="running", seed=int(seed))
+        lease.update(status="running", seed=int(seed))
         data = dataset.load(self.settings, msg, int(seed), self.trainer.reader)
         held_out = data.test if len(data.test) else data.validation
         base = self._base_model(stream)
@@ -273,6 +278,7 @@ class OnlineTrainer:
         publisher = self.trainer.publisher
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            lease.check()  # taken over: stop fitting, the other attempt finishes the window
             publisher.progress(run_id, msg.deployment_id, folder, epoch, epochs, metrics)
 
         trained = train_model(base, deployment, data, on_epoch, load)
@@ -297,9 +303,7 @@ class OnlineTrainer:
             "warm_start": (stream.get("promoted") or {}).get("model"),
             "held_out": len(held_out),
         }
-        record, _ = self.registry.update_run(
-            run_id,
-            etag,
+        record = lease.update(
             status="succeeded",
             models={folder: {"model": stream["model"], **saved}},
             splits=data.sizes(),

@@ -22,8 +22,8 @@ from tests.functions.train.conftest import consume_all, digits
 
 pytestmark = pytest.mark.integration
 LEASE_S = 6.0
-"""An online window's claim holds for the request timeout (Knative's, 600 s by default); short
-here so the test need not wait ten minutes for the dead window's lease to lapse."""
+"""An online window's run holds a lease renewed while it trains, as an ordinary run does
+(``train_lease_s``, 60 s by default); short here so the dead window's lease lapses quickly."""
 EPOCHS = 40
 FIRST, SECOND = 300, 100
 
@@ -98,7 +98,7 @@ def test_a_train_process_killed_mid_window_does_not_advance_the_cursor(stack, un
         control_topic=f"okill-control-{unique}",
         results_topic=f"okill-results-{unique}",
         state_dir=str(tmp_path),
-        request_timeout_s=LEASE_S,
+        train_lease_s=LEASE_S,
     )
     registry = Registry.from_settings(settings)
     deployment_id = deployment(registry, unique, epochs=EPOCHS)
