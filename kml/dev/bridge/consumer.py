@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kafkaml.kafka import client_config
 from kml.dev.bridge.delivery import Deliverer, Outcome
@@ -60,6 +60,7 @@ class SourceConsumer:
         self._in_flight: dict[TP, int] = {}
         self._paused: set[TP] = set()
         self._polling_paused = False
+        self._resume_owed: list[TopicPartition] = []
         self._done: queue.Queue[tuple[TP, int, Outcome]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._consumer: Any = None
@@ -114,6 +115,7 @@ class SourceConsumer:
         try:
             while not self.stop_event.is_set():
                 self._take(self._consumer.consume(batch, timeout=self.poll_timeout_s))
+                self._resume_assigned()
                 self._drain()
                 self._dispatch(pool)
                 self._flow_control()
@@ -246,12 +248,30 @@ class SourceConsumer:
         )
 
     # -- rebalance ----------------------------------------------------------------------------
+    def _resume_assigned(self) -> None:
+        """Resume what a rebalance assigned. librdkafka keeps a partition's pause across a
+        revoke and re-assignment; flow control forgets it at assignment, so a partition paused
+        at 50 in flight when the group rebalanced (a broker restart does that) would otherwise
+        stay paused for good and the source would stop delivering."""
+        if not self._resume_owed:
+            return
+        owed, self._resume_owed = self._resume_owed, []
+        try:
+            self._consumer.resume(owed)
+        except KafkaException as e:
+            log.warning(
+                "resume failed", extra={"fields": {"source": self.spec.name, "error": str(e)}}
+            )
+            self._resume_owed = owed  # the next turn of the loop tries again
+
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.assigned.add((tp.topic, tp.partition))
             self.tracker.assign(tp.topic, tp.partition)
         self._paused.clear()
         self._polling_paused = False
+        # Resumed once assigned (after this callback returns), whatever their state before.
+        self._resume_owed = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         log.info(
             "partitions assigned",
             extra={
