@@ -414,6 +414,32 @@ def end_offsets(bootstrap: str, topic: str, timeout_s: float = 30.0) -> dict[int
         consumer.close()
 
 
+def offsets_at(bootstrap: str, topic: str, at_s: float, timeout_s: float = 30.0) -> dict[int, int]:
+    """Per partition of ``topic``, the first offset of a record written at or after ``at_s``
+    (epoch seconds; Kafka's offsets-for-times), or the end where nothing was written since
+    (empty when the topic does not exist)."""
+    consumer = _reader(bootstrap, None)
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if md is None or md.error is not None:
+            return {}
+        wanted = [TopicPartition(topic, p, int(at_s * 1000)) for p in md.partitions]
+        out: dict[int, int] = {}
+        for tp in consumer.offsets_for_times(wanted, timeout=timeout_s):
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            if tp.offset < 0:  # no record at or after that time: the partition's end
+                tp.offset = consumer.get_watermark_offsets(
+                    TopicPartition(topic, tp.partition), timeout=timeout_s, cached=False
+                )[1]
+            out[tp.partition] = tp.offset
+        return out
+    except KafkaException as e:
+        raise _unavailable(bootstrap, f"reading offsets of {topic}", e) from None
+    finally:
+        consumer.close()
+
+
 def follow(
     bootstrap: str, topic: str, start: dict[int, int], idle_timeout_s: float
 ) -> Iterator[Any]:

@@ -51,7 +51,7 @@ def build(trainer: Trainer, framework: FrameworkImport | None = None) -> Functio
     def receive(event: Event) -> Response:
         msg = control_message_from_event(event)
         if msg.incremental:  # Kafka-ML's online control message: start a stream
-            return json_response(online.start(msg))
+            return json_response(online.start(msg, sent_at=event_time(event)))
         return json_response(trainer.train(msg, http=True, sent_at=event_time(event)))
 
     def tick(event: Event) -> Response:

@@ -35,7 +35,7 @@ from functions.train.windows import (
 )
 from kafkaml import events
 from kafkaml.errors import Conflict, KmlError, NotFound, ValidationFailed
-from kafkaml.kafka import end_offsets
+from kafkaml.kafka import end_offsets, offsets_at
 from kafkaml.wire import ControlMessage, OffsetRange
 from storage.objects import PreconditionFailed
 from storage.records import KERAS_FILE
@@ -60,6 +60,8 @@ class OnlineTrainer:
     trainer: Trainer
     offsets: EndOffsets | None = None
     """The end offsets of a topic (Kafka's high watermarks by default)."""
+    offsets_since: Callable[[str, float], dict[int, int]] | None = None
+    """A topic's first offsets written at or after a time (Kafka's offsets-for-times)."""
 
     def __post_init__(self) -> None:
         self.settings = self.trainer.settings
@@ -67,10 +69,18 @@ class OnlineTrainer:
         if self.offsets is None:
             s = self.settings
             self.offsets = lambda topic: end_offsets(s.kafka, topic, s.kafka_timeout_s)
+        if self.offsets_since is None:
+            s = self.settings
+            self.offsets_since = lambda topic, at: offsets_at(s.kafka, topic, at, s.kafka_timeout_s)
 
     # -- start ----------------------------------------------------------------------------------
-    def start(self, msg: ControlMessage) -> dict[str, Any]:
-        """The stream of an online control message (created once; a redelivery finds it)."""
+    def start(self, msg: ControlMessage, sent_at: float | None = None) -> dict[str, Any]:
+        """The stream of an online control message (created once; a redelivery finds it).
+
+        It starts where the topic ended when the control message was written (``sent_at``, the
+        record's timestamp), not when it is handled: Kafka-ML's ``OnlineRawSink`` sends the
+        control message and then the data at once, and those first records belong to the
+        stream however late the delivery."""
         try:
             deployment = self.registry.get_deployment(msg.deployment_id)
         except (NotFound, ValidationFailed):
@@ -87,7 +97,10 @@ class OnlineTrainer:
             )
         policy = dict(msg.online or {})
         stream_id = stream_id_for(msg.deployment_id, msg.topic)
-        start = {str(p): o for p, o in self.offsets(msg.topic).items()}
+        ends = (
+            self.offsets(msg.topic) if sent_at is None else self.offsets_since(msg.topic, sent_at)
+        )
+        start = {str(p): o for p, o in ends.items()}
         timeout = int(policy["stream_timeout"])
         held_out = msg.test_rate or msg.validation_rate or DEFAULT_HELD_OUT
         model = models[0]

@@ -214,3 +214,26 @@ def test_a_stream_closes_after_its_timeout_without_data(harness, unique):
     closed = _mine(_tick(harness, f"tick-quiet-{unique}"), sid)
     assert closed["status"] == "closed" and closed["window"] is None
     assert harness.registry.get_stream(sid)[0]["status"] == "closed"
+
+
+def test_records_sent_right_after_the_control_message_belong_to_the_stream(harness, unique):
+    """Kafka-ML's OnlineRawSink writes the control message, then the data at once: the stream
+    starts where the topic ended when the control message was written, however late the
+    control message is handled."""
+    bootstrap = harness.settings.kafka_bootstrap
+    deployment = harness.deployment(deployment_id=str(150 + int(unique[:4], 16) % 50), epochs=1)
+    topic = f"eager-{unique}"
+    ensure_topic(bootstrap, topic, partitions=2)
+    x, y = digits()
+    _publish(bootstrap, topic, x[:20], y[:20])  # before the control message: not the stream's
+    time.sleep(0.05)
+    control = _online_control(harness, deployment, topic)  # written, not handled yet
+    time.sleep(0.05)
+    _publish(bootstrap, topic, x[20:60], y[20:60])  # the sink's data, right after
+
+    reply = harness.deliver(control)  # handled only now, with all 60 records on the topic
+
+    assert reply.status == 200, reply.body
+    assert reply.body["start"] == reply.body["cursor"] == {"0": 10, "1": 10}
+    window = _mine(_tick(harness, f"tick-eager-{unique}"), reply.body["id"])["window"]
+    assert sorted(window["ranges"]) == [f"{topic}:0:10:30", f"{topic}:1:10:30"]  # all 40, once
