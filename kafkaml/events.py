@@ -162,7 +162,15 @@ def parse_http(headers: dict[str, str], body: bytes) -> Event:
             ce = ce_http.from_structured(message, JSONFormat())
     except CloudEventValidationError as e:
         raise InvalidEvent(f"invalid CloudEvent: {e}") from None
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError) as e:
+    # AttributeError: a structured body that is JSON but not an object (``null``, a list)
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        UnicodeDecodeError,
+        RecursionError,
+    ) as e:
         raise InvalidEvent(f"CloudEvent does not parse: {type(e).__name__}: {e}") from None
     attrs = dict(ce.get_attributes())
     return Event(

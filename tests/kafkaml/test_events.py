@@ -69,6 +69,13 @@ def test_a_broken_structured_event_is_invalid():
         parse_http({"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0"}')
 
 
+@pytest.mark.parametrize("body", [b"null", b"[]", b"3", b'"text"'])
+def test_a_structured_body_that_is_not_a_json_object_is_invalid(body):
+    with pytest.raises(InvalidEvent) as e:  # a 400, never an uncaught error (a 500)
+        parse_http({"content-type": "application/cloudevents+json"}, body)
+    assert e.value.status == 400
+
+
 def test_attribute_values_are_taken_as_sent_never_percent_decoded():
     headers = {
         "ce-specversion": "1.0",
