@@ -86,6 +86,10 @@ class KafkaMLSink:
         for x, y in zip(data, labels, strict=True):
             self.send(x, y)
 
+    def flush(self) -> None:
+        """Wait until every record sent so far is confirmed (no control message is sent)."""
+        self._producer.flush()
+
     # -- closing ------------------------------------------------------------------------------
     def control(self) -> ControlMessage:
         """The control message naming exactly the confirmed offsets (after ``flush``)."""

@@ -159,12 +159,47 @@ def train(
     kafka_ml_key: bool = typer.Option(False, help="Write Kafka-ML's one-byte key (ids 0..255)."),
     follow_run_: bool = typer.Option(True, "--follow/--no-follow", help="Wait for the run."),
     timeout: float = typer.Option(900, help="Give up following after this many idle seconds."),
+    online: bool = typer.Option(
+        False, "--online", help="Start an online stream on the topic (Kafka-ML's incremental)."
+    ),
+    window_records: int | None = typer.Option(None, help="Online: at most this many per window."),
+    stream_timeout: int = typer.Option(
+        60000, help="Online: close after this many ms without data (-1: indefinite)."
+    ),
+    metric: str = typer.Option("val_loss", help="Online: the monitored metric."),
+    change: str = typer.Option("down", help="Online: better is 'up' or 'down'."),
+    improvement: float = typer.Option(0.05, help="Online: promote when better by this much."),
+    indefinite: bool = typer.Option(False, help="Online: keep the stream open for good."),
 ) -> None:
-    """Publish data and its control message, then follow the run until it completes or fails."""
+    """Publish data and its control message, then follow the run until it completes or fails.
+
+    With ``--online``: the control message first, as Kafka-ML's ``OnlineRawSink`` writes it
+    (bare topic, ``incremental``, no total), then the data; the stream's windows train on
+    every tick from then on (``kml streams list``)."""
     with friendly_errors():
         settings = load_settings()
         x, y = load_data(data)
         ensure_topic(settings.kafka, topic, partitions, settings.kafka_timeout_s)
+        if online:
+            policy = {
+                "stream_timeout": stream_timeout,
+                "monitoring_metric": metric,
+                "change": change,
+                "improvement": improvement,
+                "indefinite": indefinite,
+                "window_records": window_records,
+            }
+            sink = _sink(
+                fmt.upper(), settings, topic, deployment, x, y, validation_rate, test_rate, False
+            )
+            start_online(settings, sink, policy, kafka_ml_key)
+            sink.send_batch(x, y)
+            sink.flush()  # the data only: the stream's control message went first
+            console.print(
+                f"online stream for deployment {deployment} on {topic}: control message on "
+                f"{settings.control_topic}, then {len(x)} records; see `kml streams list`"
+            )
+            return
         ensure_topic(settings.kafka, settings.results_topic, 1, settings.kafka_timeout_s)
         start = end_offsets(settings.kafka, settings.results_topic)
         sink = _sink(
@@ -181,6 +216,33 @@ def train(
             raise typer.Exit(1)
         if follow_run_:
             show(run_id)
+
+
+def start_online(
+    settings: Settings, sink: KafkaMLSink, policy: dict, kafka_ml_key: bool
+) -> ControlMessage:
+    """Write the online control message of ``sink``'s topic and format, checked first (every
+    bad field named, nothing sent) and confirmed before any data follows."""
+    body = {
+        "topic": sink.topic,
+        "input_format": sink.input_format,
+        "description": sink.description,
+        "input_config": dict(sink.input_config),
+        "validation_rate": sink.validation_rate,
+        "test_rate": sink.test_rate,
+        "total_msg": None,
+        "unsupervised_topic": None,
+        "dataset_restrictions": {},
+        "incremental": True,
+        **policy,
+    }
+    value = json.dumps(body).encode("utf-8")
+    key = control_message_key(sink.deployment_id, kafka_ml_key)
+    message = parse_control_message(value, key)
+    producer = ConfirmingProducer(settings.kafka, settings.kafka_timeout_s)
+    producer.produce(settings.control_topic, value, key)
+    producer.flush()
+    return message
 
 
 @runs_app.command("show")

@@ -153,3 +153,38 @@ def test_runs_retry_trains_a_permanently_failed_run_once_its_data_is_there(
     assert run["retries"][0]["error_status"] == 422
     again = CliRunner().invoke(app, ["runs", "retry", run_id])
     assert again.exit_code == 1 and "succeeded: nothing to retry" in again.output
+
+
+def test_train_online_starts_a_stream_that_trains_the_data_sent_after_it(
+    harness, monkeypatch, tmp_path, unique
+):
+    from tests.functions.train.test_online import _mine, _tick
+
+    for name, value in harness.settings.to_env().items():
+        monkeypatch.setenv(name, value)
+    x, y = digits()
+    data = tmp_path / "digits.npz"
+    np.savez(data, x=x[:300], y=y[:300])
+    deployment = harness.deployment(epochs=1)
+    topic = f"cli-online-{unique}"
+    argv = ["train", "--online", "-d", deployment, "--data", str(data), "--topic", topic]
+    result = CliRunner().invoke(app, [*argv, "--metric", "val_accuracy", "--change", "up"])
+    assert result.exit_code == 0, result.output
+    assert f"online stream for deployment {deployment} on {topic}" in result.output
+
+    [control] = consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)
+    message = parse_control_message(control.value(), control.key())
+    assert message.incremental and message.topic == topic and message.total_msg is None
+    assert message.online["monitoring_metric"] == "val_accuracy"
+    assert message.online["change"] == "up" and message.online["stream_timeout"] == 60000
+
+    started = harness.deliver(control)  # delivered after the data: the stream still has it all
+    assert started.status == 200, started.body
+    assert started.body["start"] == {"0": 0, "1": 0, "2": 0}
+    window = _mine(_tick(harness, f"tick-cli-{unique}"), started.body["id"])["window"]
+    assert sum(int(r.split(":")[3]) - int(r.split(":")[2]) for r in window["ranges"]) == 300
+
+    bad = CliRunner().invoke(app, [*argv, "--change", "sideways"])
+    assert bad.exit_code == 1
+    assert "change: 'sideways' must be 'up' or 'down'" in " ".join(bad.output.split())
+    assert len(consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)) == 1
