@@ -13,6 +13,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import requests
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
@@ -217,6 +218,16 @@ def test_a_read_only_session_sees_the_stream_but_cannot_stop_it(browser, pipelin
         },
     )
     reader = add_token(Path(settings.auth_tokens_file), f"reader-{unique}", [READ])
+    # The functions read the tokens file again within a second of a change: wait for that.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        probe = requests.get(
+            f"{pipeline.url}/streams", headers={"Authorization": f"Bearer {reader}"}, timeout=10
+        )
+        if probe.status_code != 401:
+            break
+        time.sleep(0.2)
+    assert probe.status_code == 200, probe.text[:300]
     context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=pipeline.url)
     try:
         tab = context.new_page()
