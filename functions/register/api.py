@@ -23,13 +23,16 @@ def with_lag(stream: dict[str, Any], offsets: EndOffsets | None) -> dict[str, An
     """The stream record plus ``lag``: records on its topic beyond the cursor (not trained yet),
     None when Kafka does not answer (the record itself is still worth showing)."""
     lag = None
-    if offsets is not None:
+    topic = stream.get("topic")
+    if offsets is not None and isinstance(topic, str) and topic:
         try:
-            ends = offsets(stream["topic"])
+            ends = offsets(topic)
             cursor = stream.get("cursor") or {}
             lag = sum(max(0, end - int(cursor.get(str(p), 0))) for p, end in ends.items())
         except KmlError as e:
             log.warning("stream lag unknown", extra={"fields": {"reason": e.message}})
+        except (AttributeError, TypeError, ValueError):  # a cursor this release cannot read
+            log.warning("stream lag unknown", extra={"fields": {"stream": stream.get("id")}})
     return {**stream, "lag": lag}
 
 
