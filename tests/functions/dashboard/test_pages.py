@@ -55,3 +55,21 @@ def test_the_models_page_lists_a_model_stored_without_shapes():
     assert page.status_code == 200, page.text[:500]
     assert "[null, 8, 8]" in page.text and "bare" in page.text
     assert "&mdash;" in page.text
+
+
+def test_the_streams_page_lists_records_it_cannot_fully_read():
+    settings = Settings(**SESSION_AUTH)
+    register = Register(
+        {
+            "streams": [
+                {"id": "stream-ok", "status": "open", "topic": "t", "cursor": {"0": 5}, "lag": 2},
+                {"n": 2, "lag": None},  # not a stream record at all
+                {"id": "stream-odd", "cursor": ["not", "a", "map"], "lag": None},
+            ]
+        }
+    )
+    live = SimpleNamespace(check=lambda: None, close=lambda: None)
+    app = function_app(settings, lambda s: build(s, SimpleNamespace(register=register, live=live)))
+    page = app.test_client().get("/streams", headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text[:500]
+    assert "stream-ok" in page.text and "0:5" in page.text and "stream-odd" in page.text
