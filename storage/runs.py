@@ -45,7 +45,10 @@ class RunRecords(StoreBacked):
             value, etag = self._store.get_json(key)
         except NotFound:
             raise NotFound(f"no run {run_id!r}", run_id=run_id) from None
-        return check_schema_version(key, value), etag
+        record = check_schema_version(key, value)
+        if isinstance(record, dict):
+            record.setdefault("run_id", run_id)  # a record written without it still names its run
+        return record, etag
 
     def update_run(self, run_id: str, etag: str, **changes: Any) -> tuple[dict[str, Any], str]:
         """Apply ``changes`` if the run is still at ``etag`` and the status change is legal."""
