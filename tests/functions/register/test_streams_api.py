@@ -39,7 +39,7 @@ def test_streams_are_listed_and_shown_with_their_lag(client, registry, stack, un
 
     listed = client.get("/streams")
     assert listed.status_code == 200
-    [mine] = [s for s in listed.get_json() if s["id"] == f"stream-{unique}"]
+    [mine] = [s for s in listed.get_json() if s.get("id") == f"stream-{unique}"]
     assert mine["lag"] == 7 and mine["promotions"] == 1  # 12 records, 5 trained
 
     shown = client.get(f"/streams/stream-{unique}").get_json()
