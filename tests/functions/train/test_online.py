@@ -182,6 +182,9 @@ def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, un
         for name, value in settings.to_env().items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("COLUMNS", "250")
+        from kml.commands.common import console as cli_console  # made before COLUMNS was set
+
+        monkeypatch.setattr(cli_console, "_width", 250)
         _publish(bootstrap, topic, x[640:650], y[640:650])
         runner = CliRunner()
         shown = runner.invoke(app, ["streams", "show", sid])
