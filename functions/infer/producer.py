@@ -79,6 +79,24 @@ class DeliveringProducer:
             else:
                 future.set_result(Delivery(msg.topic(), msg.partition(), msg.offset()))
 
+        self._produce(topic, value, key, headers, on_delivery)
+        try:
+            return future.result(timeout=self.timeout_s + 1)
+        except FutureTimeout:
+            raise Unavailable(
+                f"Kafka at {self.bootstrap} did not confirm a record on {topic} "
+                f"within {self.timeout_s:g}s"
+            ) from None
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Any,
+    ) -> None:
+        """Hand one record to librdkafka; a full local queue or a refused record is an error."""
         try:
             self._producer.produce(
                 topic, value=value, key=key, headers=headers, on_delivery=on_delivery
@@ -89,13 +107,6 @@ class DeliveringProducer:
             ) from None
         except KafkaException as e:
             raise _delivery_error(self.bootstrap, topic, e.args[0]) from None
-        try:
-            return future.result(timeout=self.timeout_s + 1)
-        except FutureTimeout:
-            raise Unavailable(
-                f"Kafka at {self.bootstrap} did not confirm a record on {topic} "
-                f"within {self.timeout_s:g}s"
-            ) from None
 
     def send_async(
         self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]
@@ -113,16 +124,7 @@ class DeliveringProducer:
             )
             self._acks.append((loop, future, outcome))  # served by _poll's thread
 
-        try:
-            self._producer.produce(
-                topic, value=value, key=key, headers=headers, on_delivery=on_delivery
-            )
-        except BufferError:
-            raise Unavailable(
-                f"Kafka at {self.bootstrap} is not taking records (local queue full)"
-            ) from None
-        except KafkaException as e:
-            raise _delivery_error(self.bootstrap, topic, e.args[0]) from None
+        self._produce(topic, value, key, headers, on_delivery)
         self._outstanding += 1
         if not self._loop_polling:
             self._loop_polling = True
