@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from functions.infer.batcher import Outputs, PredictionFailed, split_rows
 from functions.infer.model import Model, conform
@@ -50,16 +51,51 @@ def output_key(key: bytes | None, topic: str, partition: int, offset: int) -> by
 def output_values(outputs: Outputs) -> list[bytes]:
     """``{"values": row}`` per row, byte for byte what the event path produces for each row.
 
-    One model output of flat rows (a classifier's probabilities) is encoded with one
-    ``json.dumps`` of the whole batch, split between rows; anything else row by row.
+    One model output of flat rows (a classifier's probabilities) is written in one call for the
+    whole batch (:func:`_flat_rows`); anything else row by row, as the event path does it.
     """
     rows = len(outputs[0]) if outputs else 0
     if rows == 0:
         return []
-    if len(outputs) == 1 and outputs[0].ndim == 2:
-        text = json.dumps(outputs[0].tolist(), separators=(",", ":")).encode()
-        return [b'{"values":[' + part + b"]}" for part in text[2:-2].split(b"],[")]
-    return [json.dumps({"values": r}, separators=(",", ":")).encode() for r in split_rows(outputs)]
+    if len(outputs) == 1 and outputs[0].ndim == 2 and outputs[0].dtype.kind in "fiub":
+        return [b'{"values":[' + row + b"]}" for row in _flat_rows(outputs[0])]
+    return [_json(r) for r in split_rows(outputs)]
+
+
+def _json(value: Any) -> bytes:
+    """The event path's encoding: ``json.dumps`` of ``{"values": ...}``, no spaces."""
+    return json.dumps({"values": value}, separators=(",", ":")).encode()
+
+
+def _flat_rows(x: np.ndarray) -> list[bytes]:
+    """Each row of a 2-D array as ``json.dumps`` writes its ``tolist()``, without brackets.
+
+    orjson writes NumPy arrays without a Python object per number, with the same shortest
+    round-trip digits as Python's ``repr(float)`` (the event path's ``json.dumps``), and
+    ints and bools as ``json`` does. It writes three kinds of floats otherwise: NaN and the
+    infinities (``null``; ``json`` writes ``NaN``, ``Infinity``) and magnitudes below 1e-4
+    (``0.00001``, ``2.5e-7``; ``json`` writes ``1e-05``, ``2.5e-07``). The rows holding one of
+    those are written by ``json.dumps`` itself.
+    """
+    if x.dtype.kind == "f":
+        x = np.ascontiguousarray(x, dtype=np.float64)  # tolist() makes Python floats: doubles
+        magnitude = np.abs(x)
+        odd = ~np.isfinite(x) | ((magnitude < 1e-4) & (magnitude > 0))
+    else:
+        x = np.ascontiguousarray(x)
+        odd = np.zeros(x.shape, dtype=bool)
+    rows = _split(orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY))
+    redo = np.flatnonzero(odd.any(axis=1))
+    if len(redo):
+        again = _split(json.dumps(x[redo].tolist(), separators=(",", ":")).encode())
+        for r, row in zip(redo.tolist(), again, strict=True):
+            rows[r] = row
+    return rows
+
+
+def _split(text: bytes) -> list[bytes]:
+    """``[[a,b],[c,d]]`` -> ``[b"a,b", b"c,d"]``."""
+    return text[2:-2].split(b"],[")
 
 
 @dataclass

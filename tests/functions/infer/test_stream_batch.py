@@ -13,7 +13,7 @@ import pytest
 from functions.infer.batcher import split_rows
 from functions.infer.kafka_path import InputRecord
 from functions.infer.metrics import InferMetrics
-from functions.infer.model import conform
+from functions.infer.model import conform, labelled
 from functions.infer.serving import InferenceService, Loaded
 from functions.infer.stream import StreamWorker
 from functions.infer.stream_batch import decode_batch, event_headers, output_key, output_values
@@ -42,6 +42,44 @@ def event_value(row) -> bytes:
 )
 def test_output_values_are_byte_identical_to_the_event_paths(outputs):
     assert output_values(outputs) == [event_value(r) for r in split_rows(outputs)]
+
+
+def _random_batch(rng: np.random.Generator, i: int) -> np.ndarray:
+    """A batch of flat rows as a model might return it: probabilities, any float32 bit pattern
+    (NaN, infinities, subnormals, -0.0), magnitudes on both sides of 1e-4 and 1e16, doubles,
+    halves and integers."""
+    shape = (int(rng.integers(1, 200)), int(rng.integers(1, 12)))
+    kind = i % 6
+    if kind == 0:
+        x = rng.random(shape, dtype=np.float32) ** rng.integers(1, 40)
+        return x / x.sum(axis=1, keepdims=True)
+    if kind == 1:
+        return rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    if kind == 2:
+        exponents = rng.integers(-46, 39, shape)
+        return (rng.standard_normal(shape) * 10.0**exponents).astype(np.float32)
+    if kind == 3:
+        return rng.integers(0, 2**64, shape, dtype=np.uint64).view(np.float64)
+    if kind == 4:
+        return (rng.standard_normal(shape) * 10.0 ** rng.integers(-9, 6, shape)).astype(np.float16)
+    return rng.integers(-(2**63), 2**63 - 1, shape, dtype=np.int64)
+
+
+def test_the_batch_encoder_writes_every_row_as_the_event_path_over_many_random_batches():
+    rng = np.random.default_rng(16)
+    edges = np.array(
+        [[0.0, -0.0, 1e-4, 9.99999e-5, 1e-5, -1e-5, 5e-324, 1e16, 9.999999e15, np.nan, -np.inf]]
+    )
+    with np.errstate(all="ignore"):  # the halves overflow to infinities: wanted
+        batches = [edges, edges.astype(np.float32), np.array([[True, False]])]
+        batches += [_random_batch(rng, i) for i in range(600)]
+        for x in batches:
+            assert output_values([x]) == [event_value(row) for row in x.tolist()], x.dtype
+
+
+def test_the_batch_encoder_takes_the_models_labelled_outputs():
+    x = np.random.default_rng(3).random((5, 10), dtype=np.float32)
+    assert output_values(labelled([x], "v7")) == [event_value(row) for row in x.tolist()]
 
 
 def test_headers_are_named_as_the_event_path_gets_them_and_keys_fall_back_alike():
