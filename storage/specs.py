@@ -180,7 +180,8 @@ class InferenceSpec(Record):
 
     run_id: str
     """The succeeded training run whose model is served; for a spec that follows a ``stream``,
-    the run its pointer named when the spec was created (the service reads the pointer)."""
+    the run its pointer named when the spec was created (None when it had promoted nothing;
+    the service reads the pointer)."""
     model: str
     """The run's model folder; the run's only model when not given."""
     input_format: str
@@ -204,7 +205,8 @@ class InferenceSpec(Record):
     stream: str | None = None
     """An online stream to follow instead of pinning a run: the service serves the stream's
     promoted model and swaps to each newly promoted version (``infer_follow_s``). Sent instead
-    of ``run_id``; stored with the promoted run of the moment as ``run_id``."""
+    of ``run_id``; stored with the promoted run of the moment as ``run_id`` (None while the
+    stream has promoted nothing: the service is not ready until it has)."""
     created: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -220,11 +222,13 @@ class InferenceSpec(Record):
         cls, data: Mapping[str, Any], settings: Settings | None = None
     ) -> list[str]:
         """Every problem of a stored spec's user fields: as ``problems``, except that a spec
-        following a ``stream`` also holds the run its pointer named at creation."""
+        following a ``stream`` also holds the run its pointer named at creation (None when the
+        stream had promoted nothing yet)."""
         if data.get("stream") is None:
             return cls.problems(data, settings)
         problems = cls.problems({k: v for k, v in data.items() if k != "run_id"}, settings)
-        if p := name_problem("run_id", data.get("run_id")):
+        run_id = data.get("run_id")  # None: the stream had promoted nothing yet
+        if run_id is not None and (p := name_problem("run_id", run_id)):
             problems.append(p)
         return problems
 

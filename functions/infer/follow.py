@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from functions.infer.model import Model
+from kafkaml.errors import Unavailable
 from storage.objects import StoredObject
+
+
+class NotPromotedYet(Unavailable):
+    """The stream followed has promoted no model yet: not ready (503), checked again every
+    ``infer_follow_s`` until its first promotion, then served without a restart."""
+
+    kind = "stream_not_promoted"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from functions.infer.batcher import MicroBatcher, Outputs
 from functions.infer.follow import (
+    NotPromotedYet,
     Pointer,
     Retries,
     StreamFollow,
@@ -79,7 +80,11 @@ def load_from_storage(settings: Settings) -> Loaded:
     stream, etag = registry.get_stream(stream_id)
     pointer = pointer_of(stream)
     if pointer is None:
-        raise Unavailable(f"stream {stream_id} has not promoted a model yet", stream_id=stream_id)
+        raise NotPromotedYet(
+            f"stream {stream_id} has not promoted a model yet; ready once its first window "
+            f"promotes one (checked every {settings.infer_follow_s:g}s)",
+            stream_id=stream_id,
+        )
 
     def load(p: Pointer) -> Model:
         return _load_run(registry, settings, versioned_spec(spec, p))
@@ -152,6 +157,14 @@ class InferenceService:
             try:
                 loaded = self._loader(self.settings)
                 codec = _codec_for(loaded.spec)
+            except NotPromotedYet as e:  # expected: look again at the follow interval
+                self._problem = f"model not loaded: {e.message}"
+                log.info(
+                    "waiting for the stream's first promotion",
+                    extra={"fields": self._fields(stream=e.details.get("stream_id"))},
+                )
+                time.sleep(self.settings.infer_follow_s)
+                continue
             except Exception as e:  # report the kind, retry: storage may come back
                 reason = e.message if isinstance(e, KmlError) else type(e).__name__
                 self._problem = f"model not loaded: {reason}"

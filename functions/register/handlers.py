@@ -153,22 +153,13 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
     data = schemas.require_object(data, "kml.inference.create")
     schemas.raise_if(schemas.check_inference(data, settings), "inference")
     stream = _stream_of(registry, data["stream"]) if data.get("stream") is not None else None
-    run_id = stream["promoted"]["run_id"] if stream is not None else data["run_id"]
-    run, _ = registry.get_run(run_id)
-    status = run.get("status")
-    if status in ("claimed", "running"):
-        raise Conflict(
-            f"run {run_id} is {status}; deploy it once it has succeeded",
-            run_id=run_id,
-            run_status=status,
-        )
-    if status != "succeeded":
-        reason = run.get("reason") or "no reason recorded"
-        raise ValidationFailed(
-            f"run {run_id} is {status}",
-            [f"run_id: run {run_id} is {status} ({reason}); only a succeeded run can be deployed"],
-        )
-    model = _pick_model(run, data.get("model"))
+    run_id = data["run_id"] if stream is None else (stream.get("promoted") or {}).get("run_id")
+    if run_id is None:  # a stream that has promoted nothing yet: served once it has
+        run: dict[str, Any] = {}
+        model = _stream_model(stream, data.get("model"))
+    else:
+        run = _succeeded_run(registry, run_id)
+        model = _pick_model(run, data.get("model"))
     input_format, input_config = _input_of(registry, run, data, stream)
     _check_input(input_format, input_config)
     spec = {
@@ -198,23 +189,47 @@ def create_inference(registry: Registry, settings: Settings, data: Any) -> dict[
     return {**record, "manifests": text, "manifests_key": key}
 
 
+def _succeeded_run(registry: Registry, run_id: str) -> dict[str, Any]:
+    """The run to serve: 409 while it trains, 422 when it did not succeed."""
+    run, _ = registry.get_run(run_id)
+    status = run.get("status")
+    if status in ("claimed", "running"):
+        raise Conflict(
+            f"run {run_id} is {status}; deploy it once it has succeeded",
+            run_id=run_id,
+            run_status=status,
+        )
+    if status != "succeeded":
+        reason = run.get("reason") or "no reason recorded"
+        raise ValidationFailed(
+            f"run {run_id} is {status}",
+            [f"run_id: run {run_id} is {status} ({reason}); only a succeeded run can be deployed"],
+        )
+    return run
+
+
 def _stream_of(registry: Registry, stream_id: str) -> dict[str, Any]:
-    """The stream a spec follows: 422 when there is none, 409 while it has promoted nothing
-    (its first window has not trained yet; deploy it once it has)."""
+    """The stream a spec follows (422 when there is none). One that has promoted nothing yet
+    is followed too: its service is not ready until the first promotion."""
     try:
         stream, _ = registry.get_stream(stream_id)
     except NotFound:
         raise ValidationFailed(
             "unknown stream", [f"stream: no stream {stream_id!r} (kml streams list)"]
         ) from None
-    promoted = stream.get("promoted") or {}
-    if not promoted.get("run_id"):
-        raise Conflict(
-            f"stream {stream_id} has not promoted a model yet; deploy it once its first window "
-            "has trained",
-            stream_id=stream_id,
-        )
     return stream
+
+
+def _stream_model(stream: dict[str, Any], wanted: str | None) -> str:
+    """The model folder a stream's windows train (its deployment's model's name)."""
+    trained = str(stream.get("model") or "").rsplit("@", 1)[0]
+    if not trained:
+        raise ValidationFailed("unknown model", ["stream: the stream record names no model"])
+    if wanted is not None and wanted != trained:
+        raise ValidationFailed(
+            "unknown model", [f"model: the stream trains {trained!r}, not {wanted!r}"]
+        )
+    return trained
 
 
 def _pick_model(run: dict[str, Any], wanted: str | None) -> str:

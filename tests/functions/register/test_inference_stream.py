@@ -54,8 +54,10 @@ def test_a_spec_names_a_run_or_a_stream_exactly_once():
     assert "stream" not in pinned.to_dict()  # a pinned run's record is as before
     # stored, a stream's spec holds the run promoted at creation too: not "both"
     assert InferenceSpec.stored_problems({**EVENT, "run_id": "run-1", "stream": "s-1"}) == []
-    [bad] = InferenceSpec.stored_problems({**EVENT, "stream": "s-1"})
-    assert bad.startswith("run_id: None must be")
+    # a stream that had promoted nothing when the spec was created: no run yet
+    assert InferenceSpec.stored_problems({**EVENT, "run_id": None, "stream": "s-1"}) == []
+    [bad] = InferenceSpec.stored_problems({**EVENT, "run_id": "../x", "stream": "s-1"})
+    assert bad.startswith("run_id: '../x' must be")
 
 
 def _window_run(registry, run_id: str) -> None:
@@ -71,7 +73,14 @@ def _window_run(registry, run_id: str) -> None:
 
 def _stream(registry, stream_id: str, promoted_run: str | None) -> None:
     registry.create_stream(
-        stream_id, {"topic": "live", "status": "open", "control_message": CONTROL, "windows": []}
+        stream_id,
+        {
+            "topic": "live",
+            "status": "open",
+            "model": "digits@1",
+            "control_message": CONTROL,
+            "windows": [],
+        },
     )
     if promoted_run:
         _, etag = registry.get_stream(stream_id)
@@ -101,13 +110,23 @@ def test_a_stream_spec_stores_the_promoted_run_and_the_streams_input(
 
 
 @pytest.mark.integration
-def test_unknown_stream_422_nothing_promoted_409_both_422(send_binary, registry, unique):
+def test_unknown_stream_422_nothing_promoted_yet_201_both_422(send_binary, registry, unique):
     r = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"nope-{unique}"})
     assert r.status_code == 422
     assert r.get_json()["problems"] == [f"stream: no stream 'nope-{unique}' (kml streams list)"]
     _stream(registry, f"new-{unique}", None)
-    r = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"new-{unique}"})
-    assert r.status_code == 409 and "has not promoted a model yet" in r.get_json()["error"]
+    wrong = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"new-{unique}", "model": "other"})
+    assert wrong.status_code == 422
+    assert wrong.get_json()["problems"] == ["model: the stream trains 'digits', not 'other'"]
+    r = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"new-{unique}", "id": f"n-{unique}"})
+    assert r.status_code == 201, r.data  # served once the stream promotes its first model
+    record = answer(r)[1]
+    assert (record["stream"], record["run_id"], record["model"]) == (
+        f"new-{unique}",
+        None,
+        "digits",
+    )
+    assert record["input_config"] == CONTROL["input_config"]
     r = send_binary(INFERENCE_CREATE, {**EVENT, "stream": f"new-{unique}", "run_id": "run-1"})
     assert r.status_code == 422 and "give one, not both" in r.get_json()["problems"][0]
     r = send_binary(INFERENCE_CREATE, EVENT)
