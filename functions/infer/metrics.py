@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -97,6 +99,7 @@ class InferMetrics:
             registry=self.registry,
         )
         self._labels = labels
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def serving_version(self, version: str) -> None:
         self.model_version.labels(version=version).set(1)
@@ -123,8 +126,15 @@ class InferMetrics:
 
     def observe_request(self, path: str, status: int, seconds: float, kind: str | None) -> None:
         outcome = "ok" if status < 400 else ("client_error" if status < 500 else "server_error")
-        self.requests.labels(path=path, outcome=outcome).inc()
-        self.latency.labels(path=path).observe(seconds)
+        children = self._children.get((path, outcome))
+        if children is None:  # labels() takes a lock and builds a key: once per path, outcome
+            children = (
+                self.requests.labels(path=path, outcome=outcome),
+                self.latency.labels(path=path),
+            )
+            self._children[(path, outcome)] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if kind is not None:
             self.errors.labels(kind=kind).inc()
 

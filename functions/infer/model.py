@@ -189,27 +189,30 @@ class LiteRtModel:
     def _run(self, x: np.ndarray) -> Outputs:
         n = len(x)
         bucket = 1 << max(0, math.ceil(math.log2(n)))
-        interpreter = self._interpreter(bucket, x.shape[1:])
+        interpreter, index, outputs = self._interpreter(bucket, x.shape[1:])
         if bucket != n:
             x = np.concatenate([x, np.zeros((bucket - n, *x.shape[1:]), dtype=x.dtype)])
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.set_tensor(index, x)
         interpreter.invoke()
-        return [interpreter.get_tensor(o["index"])[:n] for o in interpreter.get_output_details()]
+        return [interpreter.get_tensor(o)[:n] for o in outputs]
 
-    def _interpreter(self, bucket: int, shape: tuple[int, ...]):
+    def _interpreter(self, bucket: int, shape: tuple[int, ...]) -> tuple[Any, int, list[int]]:
+        """The bucket's interpreter, its input tensor's index and its outputs' (read once:
+        the details are rebuilt as dicts on every call, which cost more than a small model)."""
         key = (bucket, shape) if None in self.input_shape else bucket
-        interpreter = self._by_bucket.get(key)
-        if interpreter is None:
+        kept = self._by_bucket.get(key)
+        if kept is None:
             interpreter = self._factory()
             index = interpreter.get_input_details()[0]["index"]
             interpreter.resize_tensor_input(index, [bucket, *shape], strict=False)
             interpreter.allocate_tensors()
-            self._by_bucket[key] = interpreter
+            outputs = [o["index"] for o in interpreter.get_output_details()]
+            kept = self._by_bucket[key] = (interpreter, index, outputs)
             while len(self._by_bucket) > self.cache_size:
                 self._by_bucket.popitem(last=False)
         else:
             self._by_bucket.move_to_end(key)
-        return interpreter
+        return kept
 
     @property
     def interpreters(self) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
@@ -15,7 +17,7 @@ import pytest
 
 from functions.infer.app import create_app
 from functions.infer.model import LITERT
-from functions.infer.worker import Connection, Server
+from functions.infer.worker import Connection, Server, loop_factory
 from kafkaml.auth import SCOPES, add_token
 from kml.dev.procs import free_port
 from tests.functions.infer.fakes import LinearModel, RecordingProducer, fixed_loader, settings
@@ -29,7 +31,9 @@ class LiteRtLike(LinearModel):
 
 
 class Served:
-    def __init__(self, model: LinearModel, producer: RecordingProducer, **changes) -> None:
+    def __init__(
+        self, model: LinearModel, producer: RecordingProducer, uvloop: bool = False, **changes
+    ) -> None:
         self.model, self.producer = model, producer
         self.app = create_app(
             settings(**changes), loader=fixed_loader(model), producer_factory=lambda s: producer
@@ -37,7 +41,7 @@ class Served:
         assert self.app.extensions["kml.infer"].wait_ready(5)
         self.token = self.app.extensions["kml.settings"].auth_token
         self.port = free_port()
-        self.loop = asyncio.new_event_loop()
+        self.loop = (loop_factory() if uvloop else None or asyncio.new_event_loop)()
         started = threading.Event()
 
         async def serve() -> None:
@@ -71,9 +75,13 @@ class Served:
         self.app.extensions["kml.infer"].close()
 
 
-@pytest.fixture(params=[LinearModel, LiteRtLike], ids=["model-in-a-thread", "model-on-the-loop"])
+@pytest.fixture(
+    params=[(LinearModel, False), (LiteRtLike, False), (LiteRtLike, True)],
+    ids=["model-in-a-thread", "model-on-the-loop", "model-on-uvloop"],
+)
 def served(request):
-    s = Served(request.param(), RecordingProducer())
+    model, uvloop = request.param
+    s = Served(model(), RecordingProducer(), uvloop=uvloop)
     yield s
     s.close()
 
@@ -98,19 +106,29 @@ def test_a_kafka_record_lands_as_the_flask_app_lands_it(served):
 
 
 def test_concurrent_records_share_model_calls_and_each_gets_its_own_prediction(served):
-    xs = [_x(100 + i) for i in range(120)]
+    xs = [_x(100 + i) for i in range(80)]  # fewer than the 100 prediction slots
 
-    def one(i: int):
-        return served.request("POST", "/", xs[i].tobytes(), _kafka_headers(0, i, key=f"k{i}"))
-
-    with ThreadPoolExecutor(40) as pool:
-        answers = list(pool.map(one, range(120)))
-    assert all(status == 200 for status, _, _ in answers)
+    sockets = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in xs]
+    try:
+        for i, sock in enumerate(sockets):  # all sent before the first answer is read
+            headers = {
+                **_kafka_headers(0, i, key=f"k{i}"),
+                "Authorization": f"Bearer {served.token}",
+            }
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            body = xs[i].tobytes()
+            sock.sendall(f"POST / HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode())
+            sock.sendall(body)
+        answers = [read_answer(sock) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 200 ") for answer in answers)
     by_key = {r["key"]: json.loads(r["value"])["values"] for r in served.producer.on("out")}
-    assert len(by_key) == 120
+    assert len(by_key) == 80
     for i, x in enumerate(xs):
         np.testing.assert_allclose(by_key[f"k{i}".encode()], served.model.expected(x)[0], rtol=1e-5)
-    assert sum(served.model.calls) == 120 and max(served.model.calls) > 1
+    assert sum(served.model.calls) == 80 and max(served.model.calls) > 1
 
 
 def test_an_undecodable_record_is_dead_lettered_and_answered_2xx(served):
@@ -192,3 +210,38 @@ def test_a_request_finding_every_slot_busy_is_a_503_at_once():
         s.close()
     assert first[0] == 200
     assert busy[0] == 503 and "slots are busy" in json.loads(busy[2])["error"]
+
+
+def raw(served: Served, head: str, body: bytes = b"") -> bytes:
+    """What the server answers to ``head`` (CRLF line ends added) sent as it is."""
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode("latin-1") + b"\r\n\r\n" + body)
+        return read_answer(sock)
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer, head and body, as read from ``sock``."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+        if b"\r\n\r\n" in answer:
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            if len(rest) >= int(re.search(rb"Content-Length: (\d+)", head).group(1)):
+                break
+    return answer
+
+
+def test_header_blanks_and_case_are_read_as_http_says_and_a_line_without_colon_is_a_400(served):
+    body = json.dumps({"instances": [[0.5] * 64]}).encode()
+    ok = raw(
+        served,
+        f"POST /v1/models/{served.app.extensions['kml.infer'].spec['id']}:predict HTTP/1.1\n"
+        f"AUTHORIZATION:   Bearer {served.token}  \nContent-Length: {len(body)}\n"
+        "Connection: close",
+        body,
+    )
+    assert ok.startswith(b"HTTP/1.1 200 ") and b'"predictions"' in ok
+    bad = raw(served, "POST / HTTP/1.1\nContent-Length: 0\nthis line has no colon")
+    assert bad.startswith(b"HTTP/1.1 400 ") and b"malformed request" in bad
+    folded = raw(served, "POST / HTTP/1.1\nX-Long: one\n two\nContent-Length: 0")
+    assert folded.startswith(b"HTTP/1.1 400 ")
