@@ -32,6 +32,7 @@ from functions.train.windows import (
     should_promote,
     stream_id_for,
     window_ranges,
+    window_run_id,
 )
 from kafkaml import events
 from kafkaml.errors import Conflict, KmlError, NotFound, ValidationFailed
@@ -136,36 +137,39 @@ class OnlineTrainer:
 
     # -- ticks ----------------------------------------------------------------------------------
     def tick(self) -> dict[str, Any]:
-        """One window of every open stream; streams without new records answer at once."""
-        report: list[dict[str, Any]] = []
-        retry: KmlError | None = None
-        for stream in self.registry.list_streams():
-            if stream.get("status") != "open":
-                continue
-            try:
-                report.append(self.advance(stream["id"]))
-            except KmlError as e:
-                log.warning(
-                    "window not trained",
-                    extra={"fields": {"stream": stream["id"], "reason": e.message}},
-                )
-                report.append({"stream_id": stream["id"], "error": e.message, "status": e.status})
-                if e.retryable and retry is None:
-                    retry = e
-            except (
-                KeyError,
-                TypeError,
-                ValueError,
-            ) as e:  # e.g. a stream record lacking a field: the other streams still train
-                reason = f"window failed: {type(e).__name__}: {e}"
-                log.error(
-                    "window not trained",
-                    extra={"fields": {"stream": stream.get("id"), "reason": reason}},
-                )
-                report.append({"stream_id": stream.get("id"), "error": reason, "status": 422})
-        if retry is not None:  # a transient fault: the tick's redelivery (or the next) retries
-            raise retry
-        return {"streams": report}
+        """One window of every open stream, each on its own: a stream whose window another
+        attempt holds (409) is skipped, one that fails is reported with its status, and the
+        others train. The answer is 200 with every stream's outcome: the PingSource ticks again
+        within a minute, so a skipped or failed window is tried again without a redelivery,
+        and a permanent failure is never retried for ever. Only a transient fault that failed
+        every stream (Kafka or storage away) answers its 5xx, so the outage shows."""
+        open_streams = [s for s in self.registry.list_streams() if s.get("status") == "open"]
+        outcomes = [self._step(stream) for stream in open_streams]
+        faults = [e for _, e in outcomes if _transient(e)]
+        if faults and len(faults) == len(outcomes):
+            raise faults[0]
+        return {"streams": [entry for entry, _ in outcomes]}
+
+    def _step(self, stream: dict[str, Any]) -> tuple[dict[str, Any], KmlError | None]:
+        """One stream's part of a tick: its outcome, and the error that stopped it (if any)."""
+        sid = stream.get("id")
+        try:
+            return self.advance(sid), None
+        except Conflict as e:  # its window is another attempt's: the next tick looks again
+            log.info(
+                "window held; stream skipped",
+                extra={"fields": {"stream": sid, "reason": e.message}},
+            )
+            return {"stream_id": sid, "skipped": "held", "error": e.message, "status": e.status}, e
+        except KmlError as e:
+            log.warning(
+                "window not trained", extra={"fields": {"stream": sid, "reason": e.message}}
+            )
+            return {"stream_id": sid, "error": e.message, "status": e.status}, e
+        except (KeyError, TypeError, ValueError) as e:  # e.g. a stream record lacking a field
+            reason = f"window failed: {type(e).__name__}: {e}"
+            log.error("window not trained", extra={"fields": {"stream": sid, "reason": reason}})
+            return {"stream_id": sid, "error": reason, "status": 422}, None
 
     def advance(self, stream_id: str) -> dict[str, Any]:
         """Train the next window of one stream, or close it after its timeout without data."""
@@ -183,8 +187,7 @@ class OnlineTrainer:
                 return {"stream_id": stream_id, "window": None, "status": "closed"}
             return {"stream_id": stream_id, "window": None, "status": "open"}
         msg = self._window_message(stream, ranges)
-        run_id = "run-" + hashlib.sha256(f"{stream_id}\n{msg.topic}".encode()).hexdigest()[:20]
-        run = self._window_run(stream, msg, run_id)
+        run = self._window_run(stream, msg, window_run_id(stream_id, ranges))
         return self._commit(stream_id, stream, etag, ranges, run)
 
     # -- one window -----------------------------------------------------------------------------
@@ -448,3 +451,8 @@ class OnlineTrainer:
             )
         except KmlError as e:  # the pointer moved durably; only the notice is lost
             log.warning("promoted event not published", extra={"fields": {"reason": e.message}})
+
+
+def _transient(error: KmlError | None) -> bool:
+    """A fault that may heal (5xx, 429...), not a window another attempt holds (409)."""
+    return error is not None and error.retryable and not isinstance(error, Conflict)

@@ -24,6 +24,13 @@ def stream_id_for(deployment_id: str, topic: str) -> str:
     return "stream-" + hashlib.sha256(f"{deployment_id}\n{topic}".encode()).hexdigest()[:16]
 
 
+def window_run_id(stream_id: str, ranges: list[OffsetRange]) -> str:
+    """The run of one window: the same stream and offsets give the same run (a redelivered
+    tick finds it instead of training again)."""
+    topic = ",".join(str(r) for r in ranges)
+    return "run-" + hashlib.sha256(f"{stream_id}\n{topic}".encode()).hexdigest()[:20]
+
+
 def metric_key(monitoring_metric: str) -> str:
     """Kafka-ML names validation metrics ``val_<name>``; scores on held-out data are ``<name>``."""
     return monitoring_metric[4:] if monitoring_metric.startswith("val_") else monitoring_metric

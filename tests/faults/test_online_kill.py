@@ -18,7 +18,8 @@ from confluent_kafka import Producer
 from kafkaml.kafka import ensure_topic
 from storage.registry import Registry
 from tests.faults.train_helpers import Results, TrainProcess, deliver, deployment
-from tests.functions.train.conftest import consume_all, digits
+from tests.functions.train.conftest import digits
+from tests.functions.train.online_control import online_control_record
 
 pytestmark = pytest.mark.integration
 LEASE_S = 6.0
@@ -26,35 +27,6 @@ LEASE_S = 6.0
 (``train_lease_s``, 60 s by default); short here so the dead window's lease lapses quickly."""
 EPOCHS = 40
 FIRST, SECOND = 300, 100
-
-
-def _online_control(settings, deployment_id: str, topic: str):
-    """Kafka-ML's online control message as its OnlineRawSink writes it (one-byte key, bare
-    topic, ``incremental: true``), consumed back as KafkaSource would see it."""
-    value = {
-        "topic": topic,
-        "input_format": "RAW",
-        "description": "online digits",
-        "input_config": {
-            "data_type": "uint8",
-            "label_type": "uint8",
-            "data_reshape": "64",
-            "label_reshape": "1",
-        },
-        "validation_rate": 0.2,
-        "test_rate": 0,
-        "total_msg": None,
-        "unsupervised_topic": None,
-        "dataset_restrictions": {},
-        "incremental": True,
-    }
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    producer.produce(
-        settings.control_topic, key=bytes([int(deployment_id)]), value=json.dumps(value)
-    )
-    assert producer.flush(30) == 0
-    [record] = consume_all(settings.kafka_bootstrap, settings.control_topic)
-    return record
 
 
 def _publish(bootstrap: str, topic: str, x, y) -> None:
@@ -108,7 +80,7 @@ def test_a_train_process_killed_mid_window_does_not_advance_the_cursor(stack, un
     ensure_topic(bootstrap, topic, partitions=1)
     x, y = digits()
     x = x.reshape(len(x), 64)
-    control = _online_control(settings, deployment_id, topic)
+    control = online_control_record(settings, deployment_id, topic, data_reshape="64")
     results = Results(settings)
     first = TrainProcess(settings.replace(state_dir=str(tmp_path / "pod-a")))
     second = TrainProcess(settings.replace(state_dir=str(tmp_path / "pod-b")))  # the next pod
@@ -151,18 +123,23 @@ def test_a_train_process_killed_mid_window_does_not_advance_the_cursor(stack, un
         assert before["cursor"] == {"0": 0} and before["windows"] == []  # not advanced
         assert stuck["status"] == "running" and stuck["attempt"] == 1
 
-        # the next ticks reach the other pod: 409 while the dead window's lease holds
+        # the next ticks reach the other pod: the stream is skipped (its window held, 409 in
+        # the tick's report) while the dead window's lease holds
         restarted = time.monotonic()
-        ticks: list[int] = []
+        ticks: list[int | str] = []
         end = restarted + 120
         while True:
             status, body = _tick(second.address, token, f"tick-{len(ticks) + 1}-{unique}")
-            ticks.append(status)
-            if status != 409 or time.monotonic() > end:
+            assert status == 200, body  # a held stream does not fail the tick
+            [entry] = [s for s in body["streams"] if s["stream_id"] == sid]
+            held = entry.get("skipped") == "held"
+            if held:
+                assert entry["status"] == 409 and "retry later" in entry["error"], entry
+            ticks.append("held" if held else status)
+            if not held or time.monotonic() > end:
                 break
             time.sleep(1.0)
         finished_s = time.monotonic() - restarted
-        assert status == 200, body
         w0 = _window_of(body, sid)
         after, _ = registry.get_stream(sid)
         idle = _window_of(_tick(second.address, token, f"tick-idle-{unique}")[1], sid)
@@ -188,7 +165,7 @@ def test_a_train_process_killed_mid_window_does_not_advance_the_cursor(stack, un
     print(
         f"\nSIGKILL at epoch {killed_at}/{EPOCHS} of window 0 ({killed_s:.1f}s in); cursor "
         f"after the kill {before['cursor']} (windows {len(before['windows'])}); ticks after: "
-        f"{ticks} ({ticks.count(409)} x 409 until the {LEASE_S:g}s lease lapsed); window 0 "
+        f"{ticks} ({ticks.count('held')} x held until the {LEASE_S:g}s lease lapsed); window 0 "
         f"{w0['ranges']} trained as attempt {retried['attempt']} {finished_s:.1f}s after the "
         f"kill; cursor {before['cursor']} -> {after['cursor']} (+{w0['records']}); next window "
         f"{w1['ranges']} -> cursor {final['cursor']}; runs per window "

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from functions.dashboard.register import RegisterAPI
 from kafkaml import events
-from kafkaml.kafka import ConfirmingProducer, ensure_topic
-from kafkaml.wire import control_message_key
+from kafkaml.kafka import ensure_topic
 from kml.cli import app
 from tests.functions.dashboard.conftest import screenshot
+from tests.functions.train.online_control import send_online_control
 
 pytestmark = pytest.mark.integration
 
@@ -58,39 +58,10 @@ def online_deployment(api: RegisterAPI, keras_file, unique: str) -> str:
     return record["id"]
 
 
-def start_stream(settings, deployment: str, topic: str) -> None:
-    """The online control message as Kafka-ML's OnlineRawSink writes it (bare topic)."""
-    body = {
-        "topic": topic,
-        "input_format": "RAW",
-        "description": "online digits",
-        "input_config": {
-            "data_type": "uint8",
-            "label_type": "uint8",
-            "data_reshape": "8 8",
-            "label_reshape": "1",
-        },
-        "validation_rate": 0.2,
-        "test_rate": 0,
-        "total_msg": None,
-        "incremental": True,
-        "indefinite": True,
-        "monitoring_metric": "val_accuracy",
-        "change": "up",
-        "improvement": 0.05,
-        "window_records": WINDOW,
-    }
-    producer = ConfirmingProducer(settings.kafka_bootstrap, settings.kafka_timeout_s)
-    producer.produce(
-        settings.control_topic, json.dumps(body).encode(), control_message_key(deployment)
-    )
-    producer.flush()
-
-
-def tick(settings, unique: str, n: int) -> dict:
-    """One ``kml.stream.tick`` to train, as the bridge's ticker (the PingSource) sends it; a
-    transient answer (409 window being trained, 5xx) is sent again, as the PingSource's next
-    tick would."""
+def tick(settings, sid: str, n: int) -> dict:
+    """One ``kml.stream.tick`` to train, as the bridge's ticker (the PingSource) sends it; sent
+    again, as the PingSource's next tick would, while the stream's window is held by another
+    tick (reported ``skipped: held``) or the answer is transient (5xx)."""
     headers, body = events.to_http(events.new_event(events.STREAM_TICK, "/tests/ticker", {}))
     request = urllib.request.Request(
         f"http://127.0.0.1:{settings.train_port}/",
@@ -98,15 +69,19 @@ def tick(settings, unique: str, n: int) -> dict:
         headers={**headers, "Authorization": f"Bearer {settings.auth_token}"},
         method="POST",
     )
-    for attempt in range(5):
+    for _ in range(30):
         try:
             with urllib.request.urlopen(request, timeout=600) as r:
-                return json.loads(r.read())
+                answer = json.loads(r.read())
         except urllib.error.HTTPError as e:
-            if e.code != 409 and e.code < 500 or attempt == 4:
+            if e.code < 500:
                 raise AssertionError(f"tick {n}: {e.code} {e.read()[:300]!r}") from None
-            time.sleep(2)
-    raise AssertionError("unreachable")
+        else:
+            mine = [s for s in answer["streams"] if s["stream_id"] == sid]
+            if not mine or mine[0].get("skipped") != "held":
+                return answer
+        time.sleep(2)
+    raise AssertionError(f"tick {n}: the window of {sid} stayed held")
 
 
 def wait_for_stream(api: RegisterAPI, deployment: str, timeout_s: float = 300.0) -> dict:
@@ -125,7 +100,17 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique, monkeypat
     topic = f"live-{unique}"
     ensure_topic(settings.kafka_bootstrap, topic, partitions=1)
     deployment = online_deployment(api, digits_keras, unique)
-    start_stream(settings, deployment, topic)
+    send_online_control(  # Kafka-ML's online message, the deployment's UTF-8 id as its key
+        settings,
+        deployment,
+        topic,
+        kafka_ml_key=False,
+        indefinite=True,
+        monitoring_metric="val_accuracy",
+        change="up",
+        improvement=0.05,
+        window_records=WINDOW,
+    )
     stream = wait_for_stream(api, deployment)  # the bridge delivered it to train
     sid = stream["id"]
 
@@ -135,7 +120,7 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique, monkeypat
         producer.produce(topic, key=y[i].tobytes(), value=x[i].tobytes(), partition=0)
     assert producer.flush(30) == 0
     for n in range(WINDOWS):
-        tick(settings, unique, n)
+        tick(settings, sid, n)
     trained = api.get("streams", sid)
     assert len(trained["windows"]) == WINDOWS and trained["lag"] == 30
     frozen = [w["baseline"] for w in trained["windows"]]
@@ -190,7 +175,7 @@ def test_a_stream_in_the_browser(page, pipeline, digits_keras, unique, monkeypat
     assert page.locator("#stream-status").inner_text() == "stopped"
     assert page.locator("#stop-stream").count() == 0
     assert api.get("streams", sid)["status"] == "stopped"
-    after = tick(settings, unique, WINDOWS)  # stopped: the lag is not trained
+    after = tick(settings, sid, WINDOWS)  # stopped: the lag is not trained
     assert sid not in json.dumps(after) and len(api.get("streams", sid)["windows"]) == WINDOWS
 
 

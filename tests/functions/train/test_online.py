@@ -10,41 +10,14 @@ import pytest
 from confluent_kafka import Producer
 from typer.testing import CliRunner
 
-from functions.train.windows import should_promote
+from functions.train.windows import should_promote, window_run_id
 from kafkaml.kafka import end_offsets, ensure_topic, follow
+from kafkaml.wire import OffsetRange
 from kml.cli import app
 from tests.functions.train.conftest import consume_all, digits
+from tests.functions.train.online_control import online_control_record, send_online_control
 
 pytestmark = pytest.mark.integration
-
-
-def _online_control(harness, deployment: str, topic: str, **fields) -> object:
-    """The control record exactly as Kafka-ML's OnlineRawSink writes it (one-byte key)."""
-    value = {
-        "topic": topic,
-        "input_format": "RAW",
-        "description": "online digits",
-        "input_config": {
-            "data_type": "uint8",
-            "label_type": "uint8",
-            "data_reshape": "8 8",
-            "label_reshape": "1",
-        },
-        "validation_rate": 0.2,
-        "test_rate": 0,
-        "total_msg": None,
-        "unsupervised_topic": None,
-        "dataset_restrictions": {},
-        "incremental": True,
-        **fields,
-    }
-    producer = Producer({"bootstrap.servers": harness.settings.kafka_bootstrap})
-    producer.produce(
-        harness.settings.control_topic, key=bytes([int(deployment)]), value=json.dumps(value)
-    )
-    assert producer.flush(30) == 0
-    [record] = consume_all(harness.settings.kafka_bootstrap, harness.settings.control_topic)
-    return record
 
 
 def _publish(bootstrap: str, topic: str, x, y, partitions: int = 2) -> None:
@@ -82,8 +55,8 @@ def test_online_stream_trains_exact_windows_and_promotes_by_the_rule(harness, un
     x, y = digits()
     _publish(bootstrap, topic, x[:40], y[:40])  # before the control message: not the stream's
 
-    control = _online_control(
-        harness, deployment, topic, monitoring_metric="val_accuracy", change="up"
+    control = online_control_record(
+        harness.settings, deployment, topic, monitoring_metric="val_accuracy", change="up"
     )
     first = harness.deliver(control)
     assert first.status == 200, first.body
@@ -210,7 +183,9 @@ def test_a_stream_closes_after_its_timeout_without_data(harness, unique):
     deployment = harness.deployment(deployment_id=str(100 + int(unique[:4], 16) % 50), epochs=1)
     topic = f"quiet-{unique}"
     ensure_topic(harness.settings.kafka_bootstrap, topic, partitions=1)
-    reply = harness.deliver(_online_control(harness, deployment, topic, stream_timeout=1))
+    reply = harness.deliver(
+        online_control_record(harness.settings, deployment, topic, stream_timeout=1)
+    )
     assert reply.status == 200, reply.body
     sid = reply.body["id"]
 
@@ -231,7 +206,7 @@ def test_records_sent_right_after_the_control_message_belong_to_the_stream(harne
     x, y = digits()
     _publish(bootstrap, topic, x[:20], y[:20])  # before the control message: not the stream's
     time.sleep(0.05)
-    control = _online_control(harness, deployment, topic)  # written, not handled yet
+    control = online_control_record(harness.settings, deployment, topic)  # written, not handled yet
     time.sleep(0.05)
     _publish(bootstrap, topic, x[20:60], y[20:60])  # the sink's data, right after
 
@@ -241,3 +216,51 @@ def test_records_sent_right_after_the_control_message_belong_to_the_stream(harne
     assert reply.body["start"] == reply.body["cursor"] == {"0": 10, "1": 10}
     window = _mine(_tick(harness, f"tick-eager-{unique}"), reply.body["id"])["window"]
     assert sorted(window["ranges"]) == [f"{topic}:0:10:30", f"{topic}:1:10:30"]  # all 40, once
+
+
+def test_a_stream_whose_window_is_held_does_not_hold_up_the_others(harness, unique):
+    """Another attempt holds one stream's window (a live lease): the tick answers 200, that
+    stream is reported skipped (409) with its cursor where it was, the other stream trains;
+    once the lease lapses the next tick trains the held window."""
+    settings, registry = harness.settings, harness.registry
+    bootstrap = settings.kafka_bootstrap
+    deployment = harness.deployment(epochs=1)
+    held_topic, free_topic = f"held-{unique}", f"free-{unique}"
+    for topic in (held_topic, free_topic):
+        ensure_topic(bootstrap, topic, partitions=1)
+        send_online_control(settings, deployment, topic, kafka_ml_key=False)
+    streams = {}
+    for control in consume_all(bootstrap, settings.control_topic):
+        reply = harness.deliver(control)
+        assert reply.status == 200, reply.body
+        streams[reply.body["topic"]] = reply.body["id"]
+    held, free = streams[held_topic], streams[free_topic]
+    x, y = digits()
+    for topic in (held_topic, free_topic):
+        _publish(bootstrap, topic, x[:40], y[:40], partitions=1)
+    held_run = window_run_id(held, [OffsetRange(held_topic, 0, 0, 40)])
+    registry.claim_run(
+        held_run,
+        {"deployment_id": deployment, "stream_id": held, "lease_expires": time.time() + 600},
+    )
+    try:
+        tick = _tick(harness, f"tick-held-{unique}")
+        skipped = _mine(tick, held)  # the tick's status is 200: asserted in _mine
+        assert skipped["skipped"] == "held" and skipped["status"] == 409, skipped
+        assert held_run in skipped["error"]
+        assert _mine(tick, free)["window"]["ranges"] == [f"{free_topic}:0:0:40"]
+        assert registry.get_stream(held)[0]["cursor"] == {"0": 0}
+        assert registry.get_stream(free)[0]["cursor"] == {"0": 40}
+
+        run, etag = registry.get_run(held_run)  # the other attempt died: its lease lapses
+        registry.update_run(held_run, etag, lease_expires=time.time() - 1)
+        later = _tick(harness, f"tick-lapsed-{unique}")
+        assert _mine(later, held)["window"]["ranges"] == [f"{held_topic}:0:0:40"]
+        assert _mine(later, free)["window"] is None  # trained once, not again
+        assert registry.get_run(held_run)[0]["attempt"] == 2
+        assert registry.get_stream(held)[0]["cursor"] == {"0": 40}
+    finally:
+        for sid in (held, free):
+            current, etag = registry.get_stream(sid)
+            if current["status"] == "open":
+                registry.update_stream(sid, etag, status="stopped")
