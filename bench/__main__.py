@@ -15,6 +15,7 @@ BENCHMARKS = [
     "bench.infer_stream",
     "bench.infer_http",
     "bench.cold_start",
+    "bench.online",
 ]
 
 
