@@ -1,8 +1,9 @@
-"""The three function images, built with buildah (vfs storage, chroot isolation, no daemon) on a
-Debian bookworm base that debootstrap makes on this machine.
+"""The four function images (register, train, infer, dashboard), built with buildah (vfs
+storage, chroot isolation, no daemon) on a Debian bookworm base that debootstrap makes here.
 
 Everything reusable stays outside the repository, under ``<cache_dir>/images``: the base rootfs
-tarball, buildah's image storage and pip's cache, so a second build downloads nothing heavy.
+tarball, buildah's image storage (with one dependencies image per extra, kept while only the
+code changes) and pip's cache, so a second build downloads nothing heavy.
 The Debian mirror is the one this machine's apt uses, read from its sources at run time.
 
 ``python -m kml.dev.images build [register train infer]`` builds; ``sizes`` lists what is built.
@@ -21,11 +22,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from functions.dashboard import assets
 from kafkaml import __version__
 from kafkaml.settings import Settings
 from kml.dev.procs import StackError
 
-FUNCTIONS = ("register", "train", "infer")
+FUNCTIONS = ("register", "train", "infer", "dashboard")
+EXTRAS = {"register": "train", "train": "train", "infer": "infer", "dashboard": "base"}
+"""The pyproject extra each image installs (register validates Keras models, so it has train's;
+``base``: the core dependencies alone)."""
 SUITE = "bookworm"
 BASE_IMAGE = f"localhost/kml/base:{SUITE}"
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,8 +196,48 @@ def ensure_base(buildah: Buildah) -> str:
     return BASE_IMAGE
 
 
-def stage_context(function: str, into: Path) -> Path:
-    """A build context holding only what ``function``'s image copies (no kml/, no caches)."""
+def deps_image(buildah: Buildah, extra: str, base: str) -> str:
+    """An image of ``base`` with ``extra``'s dependencies installed (install.sh's deps step), the
+    base a function's build starts from so that its own deps step finds everything in place.
+    Tagged by what it is made of (base, install.sh, pyproject.toml): it survives code changes,
+    and a change to the pins makes a new one (older ones of the same extra are removed)."""
+    script, pyproject = CONTAINERFILES / "install.sh", ROOT / "pyproject.toml"
+    base_id = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", base)
+    digest = hashlib.sha256(
+        b"\0".join([base_id.encode(), extra.encode(), script.read_bytes(), pyproject.read_bytes()])
+    ).hexdigest()[:16]
+    repo = f"localhost/kml/deps-{extra}"
+    name = f"{repo}:{digest}"
+    if buildah.has_image(name):
+        return name
+    pip_cache = buildah.home / "pip"
+    pip_cache.mkdir(parents=True, exist_ok=True)
+    ctr = buildah("from", "--pull=never", base)
+    try:
+        buildah("copy", ctr, str(script), str(pyproject), "/tmp/deps/")
+        mounts = ["-v", f"{pip_cache}:{BUILD_CACHE}", "-e", f"WHEEL_CACHE={BUILD_CACHE}"]
+        ca = _ca_bundle()
+        if ca is not None:
+            mounts += ["-v", f"{ca}:{BUILD_CA}:ro", "-e", f"CA_BUNDLE={BUILD_CA}"]
+        step = ["sh", "/tmp/deps/install.sh", "deps", extra]
+        buildah(
+            "run", "--isolation", "chroot", "--network", "host", *mounts,
+            "-e", "PIP_DISABLE_PIP_VERSION_CHECK=1", "-e", "PIP_ROOT_USER_ACTION=ignore",
+            ctr, "--", *step, quiet=False,
+        )  # fmt: skip
+        buildah("commit", "--rm", ctr, name)
+    except BaseException:
+        subprocess.run(buildah.argv("rm", ctr), capture_output=True)
+        raise
+    for old in buildah("images", "--format", "{{.Name}}:{{.Tag}}").split():
+        if old.startswith(f"{repo}:") and old != name:
+            subprocess.run(buildah.argv("rmi", old), capture_output=True)
+    return name
+
+
+def stage_context(function: str, into: Path, settings: Settings) -> Path:
+    """A build context holding only what ``function``'s image copies (no kml/, no caches); the
+    dashboard's also holds its chart library, fetched and checked once (``dashboard-assets/``)."""
     shutil.rmtree(into, ignore_errors=True)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     for rel in context_paths(function):
@@ -202,6 +247,9 @@ def stage_context(function: str, into: Path) -> Path:
             shutil.copytree(src, dst, ignore=skip)
         else:
             shutil.copy2(src, dst)
+    if function == "dashboard":
+        folder = assets.fetch(settings)
+        shutil.copytree(folder, into / "dashboard-assets" / folder.name)
     return into
 
 
@@ -214,13 +262,16 @@ def context_digest(context: Path, containerfile: Path, base_id: str) -> str:
     return digest.hexdigest()
 
 
-def build(buildah: Buildah, function: str, base: str, force: bool = False) -> bool:
+def build(
+    buildah: Buildah, function: str, base: str, settings: Settings, force: bool = False
+) -> bool:
     """Build ``function``'s image from its Containerfile unless the image there was built from
     exactly these files (its ``DIGEST_LABEL``); True when it was built."""
     if function not in FUNCTIONS:
         raise StackError(f"no image for {function!r}: the images are {', '.join(FUNCTIONS)}")
     name, containerfile = image_name(function), CONTAINERFILES / f"{function}.Containerfile"
-    context = stage_context(function, buildah.home / "context" / function)
+    base = deps_image(buildah, EXTRAS[function], base)
+    context = stage_context(function, buildah.home / "context" / function, settings)
     base_id = buildah("inspect", "--type", "image", "--format", "{{.FromImageID}}", base)
     digest = context_digest(context, containerfile, base_id)
     if not force and buildah.has_image(name):
@@ -263,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("functions", nargs="*", default=list(FUNCTIONS))
     parser.add_argument("--force", action="store_true", help="build even when up to date")
     args = parser.parse_args(argv)
-    buildah = Buildah.from_settings(Settings.from_env())
+    settings = Settings.from_env()
+    buildah = Buildah.from_settings(settings)
     try:
         if args.command == "build":
             started = time.monotonic()
@@ -271,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"images: base {base} ready after {time.monotonic() - started:.0f}s", flush=True)
             for function in args.functions:
                 began = time.monotonic()
-                built = build(buildah, function, base, force=args.force)
+                built = build(buildah, function, base, settings, force=args.force)
                 took = f"built in {time.monotonic() - began:.0f}s" if built else "up to date"
                 print(f"images: {image_name(function)} {took}", flush=True)
             buildah("rmi", "--prune")  # the images these tags pointed at before

@@ -57,6 +57,15 @@ class Container:
             timeout=timeout,
         )
 
+    def probe(self, *argv: str, attempts: int = 3) -> subprocess.CompletedProcess:
+        """``exec`` of a command that must print: once in a while (seen on a loaded machine)
+        ``buildah run`` exits 0 with the output lost, so an empty answer is asked again."""
+        for _ in range(attempts):
+            done = self.exec(*argv)
+            if done.returncode != 0 or done.stdout.strip():
+                return done
+        pytest.fail(f"{' '.join(argv[:2])} printed nothing in {self.function} {attempts} times")
+
     def start(self, settings: Settings, timeout_s: float = 300.0) -> str:
         """The image's own Cmd with the function's ``KML_*`` environment; waits for readiness."""
         config = self.buildah.image_config(image_name(self.function))

@@ -1,6 +1,7 @@
-"""The three function images, built by `make images`, each started with its own command inside
+"""The four function images, built by `make images`, each started with its own command inside
 the image against the real Kafka broker and MinIO: register stores a model and a deployment,
-train runs a tiny training from a control message, infer serves that run's model over HTTP.
+train runs a tiny training from a control message, infer serves that run's model over HTTP,
+the dashboard shows them through the register image.
 
 Marker ``images``: deselected by default; `make test-images` builds the images and runs these.
 """
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.images
 COMPILE = {"optimizer": "adam", "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"]}
 EPOCHS = 4
 AUTH = bearer(TOKEN)
-CANDIDATES = ("tensorflow", "kml", "typer", "rich", "requests")
+CANDIDATES = ("tensorflow", "ai_edge_litert", "kml", "typer", "rich", "requests")
 PROBE = (
     "import importlib.util as u, os, sys; print(os.getuid(), sys.prefix, "
     "'%d.%d' % sys.version_info[:2], *[m for m in sys.argv[1:] if u.find_spec(m)])"
@@ -129,15 +130,17 @@ def test_each_image_size_python_user_and_what_it_leaves_out(buildah, container):
     assert sizes["infer"] < sizes["train"] / 2  # no TensorFlow: a far smaller pull on cold start
     for function in FUNCTIONS:
         ctr = container(function)
-        probe = ctr.exec("python", "-c", PROBE, *CANDIDATES)
+        probe = ctr.probe("python", "-c", PROBE, *CANDIDATES)
         assert probe.returncode == 0, probe.stderr
         uid, prefix, version, *present = probe.stdout.split()
         assert (uid, prefix, version) == ("10001", "/opt/venv", "3.11")
         if function == "infer":
-            assert present == []  # no TensorFlow, no CLI stack
+            assert present == ["ai_edge_litert"]  # no TensorFlow, no CLI stack
             assert ctr.exec("python", "-c", "import tensorflow").returncode != 0
+        elif function == "dashboard":
+            assert present == []  # pages only: no model runtime, no CLI stack
         else:
-            assert "tensorflow" in present and "kml" not in present and "typer" not in present
+            assert "tensorflow" in present and not {"kml", "typer"} & set(present)
         assert ctr.exec("python", "-c", "import kml").returncode != 0
 
 
@@ -190,3 +193,18 @@ def test_infer_image_predicts_with_the_trained_model(infer):
         "litert",
         [8, 8],
     )
+
+
+def test_dashboard_image_shows_the_pipeline_through_the_register_image(
+    container, settings, register, deployment, run
+):
+    url = container("dashboard").start(settings.replace(register_url=register))
+    signed = requests.get(f"{url}/models", headers=AUTH, timeout=30)
+    assert signed.status_code == 200, signed.text
+    assert deployment["model"] in signed.text
+    page = requests.get(f"{url}/runs/{run['run_id']}", headers=AUTH, timeout=30)
+    assert page.status_code == 200 and "succeeded" in page.text
+    chart = requests.get(f"{url}/vendor/uPlot.iife.min.js", headers=AUTH, timeout=30)
+    assert chart.status_code == 200 and "uPlot" in chart.text  # copied in, never fetched
+    unsigned = requests.get(f"{url}/models", timeout=30, allow_redirects=False)
+    assert unsigned.status_code in (303, 401)  # no token: the login page, never the data
