@@ -104,8 +104,8 @@ def tick(settings: Settings) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(request, timeout=settings.request_timeout_s) as r:
             return json.loads(r.read())
-    except urllib.error.HTTPError as e:  # 409: another tick trains this window; wait for it
-        if e.code in (409, 503):
+    except urllib.error.HTTPError as e:  # 503: a transient fault failed every stream; again
+        if e.code == 503:
             time.sleep(1)
             return {}
         raise SystemExit(f"train answered the tick with {e.code}: {e.read()[:300]!r}") from None

@@ -73,3 +73,16 @@ def test_the_streams_page_lists_records_it_cannot_fully_read():
     page = app.test_client().get("/streams", headers={"Accept": "text/html"})
     assert page.status_code == 200, page.text[:500]
     assert "stream-ok" in page.text and "0:5" in page.text and "stream-odd" in page.text
+
+
+def test_an_inference_following_a_stream_before_its_first_promotion_links_the_stream():
+    settings = Settings(**SESSION_AUTH)
+    waiting = {"id": "inf-wait", "run_id": None, "stream": "stream-7", "model": "digits"}
+    pinned = {"id": "inf-pin", "run_id": "run-3", "model": "digits"}
+    register = Register({"inference": [waiting, pinned], "runs": []})
+    live = SimpleNamespace(check=lambda: None, close=lambda: None)
+    app = function_app(settings, lambda s: build(s, SimpleNamespace(register=register, live=live)))
+    page = app.test_client().get("/inference", headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text[:500]
+    assert "/runs/None" not in page.text  # no link to a run that does not exist
+    assert 'href="/streams/stream-7"' in page.text and 'href="/runs/run-3"' in page.text
