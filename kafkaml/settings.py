@@ -87,7 +87,8 @@ class Settings:
     infer_stream_batch: int = 10_000
     """Stream mode: most records one poll takes; they are decoded and predicted together."""
     infer_stream_wait_ms: float = 20.0
-    """Stream mode: how long a poll waits for a full batch before taking what has arrived."""
+    """Stream mode: how long a poll waits for the first record when none has arrived (a poll
+    takes what has arrived, up to ``infer_stream_batch``, and never waits for a full batch)."""
     infer_stream_port: int = 8080
     """Stream mode: the port of ``/metrics`` and the health probes."""
     infer_follow_s: float = 5.0

@@ -39,6 +39,10 @@ from kafkaml.settings import Settings
 
 log = logging.getLogger("kml.infer.stream")
 MAX_BACKOFF_S = 30.0
+COMMIT_EVERY_S = 0.1
+"""Acknowledged offsets are committed at most this often, and at once when the loop is idle,
+on revocation and on close: under light load batches are small, and each commit is a write
+for the group coordinator. A crash repeats at most this long's records more."""
 
 
 class _BatchSink:
@@ -92,6 +96,8 @@ class StreamWorker:
         self._assigned: set[int] = set()
         self._done: dict[int, int] = {}
         """Next offset to read per partition, for records whose outputs are acknowledged."""
+        self._uncommitted = False
+        self._committed_at = 0.0
         self._rebalanced = False
         self._backoff = 0.0
         self.heartbeat = time.monotonic()
@@ -181,15 +187,15 @@ class StreamWorker:
     def step(self, stop: threading.Event | None = None) -> int:
         """One poll and its batch; returns how many records were delivered and committed."""
         self.heartbeat = time.monotonic()
-        s = self.settings
         self._rebalanced = False
-        polled = self._consumer.consume(s.infer_stream_batch, s.infer_stream_wait_ms / 1000)
+        polled = self._poll()
         msgs = [m for m in polled if m.error() is None]
         if len(msgs) < len(polled):
             self._consumer_errors(polled)
         if self._rebalanced:  # records of partitions revoked during the poll are the next owner's
             msgs = [m for m in msgs if m.partition() in self._assigned]
         if not msgs:
+            self._commit(now=True)  # idle: the group's lag (what KEDA scales on) reaches 0
             return 0
         started = time.perf_counter()
         try:
@@ -199,10 +205,24 @@ class StreamWorker:
                 raise
             self._retry_later(msgs, e, stop)
             return 0
-        self._commit(msgs)
+        self._done_with(msgs)
+        self._commit()
         self._backoff = 0.0
         self.metrics.batch(len(msgs), dead, time.perf_counter() - started)
         return len(msgs)
+
+    def _poll(self) -> list:
+        """The records the consumer holds now, up to a batch; when it holds none, the first
+        to arrive within ``infer_stream_wait_ms`` and whatever came with it. A batch never
+        waits to fill: under load records pile up while one batch is being delivered, and
+        the next poll takes them all."""
+        s, consume = self.settings, self._consumer.consume
+        polled = consume(s.infer_stream_batch, 0)
+        if not polled:
+            polled = consume(1, s.infer_stream_wait_ms / 1000)
+            if polled and s.infer_stream_batch > 1:
+                polled += consume(s.infer_stream_batch - 1, 0)
+        return polled
 
     def _consumer_errors(self, polled: list) -> None:
         for m in polled:
@@ -235,10 +255,11 @@ class StreamWorker:
             where = partition_headers.get(partition)
             if where is None:
                 where = partition_headers[partition] = ("kml-input-partition", b"%d" % partition)
+            headers = [topic_header, where, ("kml-input-offset", b"%d" % offset), version]
             raw = m.headers()
-            headers = [*event_headers(raw)] if raw else []
-            headers += (topic_header, where, ("kml-input-offset", b"%d" % offset), version)
-            key = output_key(m.key(), topic, partition, offset)
+            if raw:
+                headers[:0] = event_headers(raw)
+            key = m.key() or output_key(None, topic, partition, offset)
             try:
                 produce(out_topic, value, key, headers=headers)
             except (BufferError, KafkaException):
@@ -280,12 +301,21 @@ class StreamWorker:
                     ) from None
                 raise Unavailable(f"Kafka did not take a record for {topic}: {err.str()}") from None
 
-    def _commit(self, msgs: list) -> None:
-        """Commit past every record of the batch: their outputs are acknowledged."""
-        ends = {m.partition(): m.offset() + 1 for m in msgs}  # offsets rise within a partition
-        self._done.update(ends)
+    def _done_with(self, msgs: list) -> None:
+        """Every record of the batch is acknowledged: its offsets are ready to commit."""
+        self._done.update({m.partition(): m.offset() + 1 for m in msgs})  # offsets rise
+        self._uncommitted = True
+
+    def _commit(self, now: bool = False) -> None:
+        """Commit the acknowledged offsets, at most every ``COMMIT_EVERY_S`` unless ``now``."""
+        if not self._uncommitted:
+            return
+        at = time.monotonic()
+        if not now and at - self._committed_at < COMMIT_EVERY_S:
+            return
+        self._uncommitted, self._committed_at = False, at
         offsets = [
-            TopicPartition(self._topic, p, o) for p, o in ends.items() if p in self._assigned
+            TopicPartition(self._topic, p, o) for p, o in self._done.items() if p in self._assigned
         ]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=True)
