@@ -140,7 +140,15 @@ class RunRecords(StoreBacked):
         return new, self._store.put_json(f"streams/{stream_id}.json", new, if_match=etag)
 
     def list_streams(self) -> list[dict[str, Any]]:
-        return self._read_all("streams/")
+        """Every stream record; an object under ``streams/`` that is not one (no string ``id``
+        and ``topic``: left there by another tool or by hand) is skipped, not failed on."""
+        return [
+            s
+            for s in self._read_all("streams/")
+            if isinstance(s, dict)
+            and isinstance(s.get("id"), str)
+            and isinstance(s.get("topic"), str)
+        ]
 
     @staticmethod
     def stream_plot_key(stream_id: str) -> str:

@@ -40,8 +40,6 @@ def list_streams() -> None:
         settings, registry = _registry()
         table = Table("stream", "status", "deployment", "topic", "windows", "promotions", "lag")
         for s in sorted(registry.list_streams(), key=lambda s: str(s.get("created", ""))):
-            if not isinstance(s.get("id"), str) or not isinstance(s.get("topic"), str):
-                continue  # not a stream record (an object another tool left under streams/)
             ends = end_offsets(settings.kafka, s["topic"], settings.kafka_timeout_s)
             table.add_row(
                 s["id"],

@@ -62,3 +62,11 @@ def test_a_down_store_is_unavailable():
         store.ping()
     with pytest.raises(Unavailable):
         store.get("anything")
+
+
+def test_listing_streams_skips_objects_under_streams_that_are_no_stream_record():
+    registry = Registry(MemoryStore())
+    registry.create_stream("stream-a", {"id": "stream-a", "topic": "sensors", "status": "open"})
+    registry._store.put_json("streams/probe.json", {"n": 2})  # another tool's object
+    registry._store.put_json("streams/odd.json", {"id": 7, "topic": "t"})
+    assert [s["id"] for s in registry.list_streams()] == ["stream-a"]
