@@ -5,17 +5,18 @@ batch writer; here many request threads share one producer, each waiting for its
 only, so every record gets its own future and a background thread serves delivery reports.
 
 The event loop of the lean server (``functions.infer.worker``) does not wait on a thread per
-record: ``send_async`` hands back an asyncio future, and while any is outstanding the loop
-itself polls the producer every millisecond and resolves them, so no acknowledgement crosses
-threads (each crossing is a GIL hand-over, which cost more than the record); the poll thread
-stands by meanwhile and serves ``send``'s callers otherwise.
+record: ``send_async`` hands back an asyncio future. The poll thread blocks in librdkafka's poll
+(the GIL released) and, each time it returns, hands everything acknowledged meanwhile to the
+loop in one ``call_soon_threadsafe``: one wake-up per batch of reports, none while nothing is
+outstanding. (The loop used to poll the producer itself every millisecond while anything was
+outstanding: those timers cost more CPU than the hand-over, and a report waited for the next
+tick.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -27,8 +28,8 @@ from kafkaml.errors import PayloadTooLarge, Unavailable
 from kafkaml.kafka import client_config
 from kafkaml.settings import Settings
 
-LOOP_POLL_S = 0.001
-"""How often an event loop with acknowledgements outstanding polls the producer."""
+POLL_S = 0.05
+"""The poll thread's longest wait in librdkafka (a report ends it at once)."""
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,6 @@ class DeliveringProducer:
         )
         self._closed = threading.Event()
         self._acks: list[tuple[asyncio.AbstractEventLoop, asyncio.Future, Any]] = []
-        self._outstanding = 0  # send_async futures not yet resolved
-        self._loop_polling = False
-        self._loop_polled = 0.0
         self._poller = threading.Thread(target=self._poll, name="kml-producer-poll", daemon=True)
         self._poller.start()
 
@@ -122,37 +120,18 @@ class DeliveringProducer:
                 if err is not None
                 else Delivery(msg.topic(), msg.partition(), msg.offset())
             )
-            self._acks.append((loop, future, outcome))  # served by _poll's thread
+            self._acks.append((loop, future, outcome))  # in the poll thread
 
         self._produce(topic, value, key, headers, on_delivery)
-        self._outstanding += 1
-        if not self._loop_polling:
-            self._loop_polling = True
-            loop.call_later(LOOP_POLL_S, self._loop_poll, loop)
         return future
-
-    def _loop_poll(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop: serve delivery reports and resolve their futures, again in a
-        millisecond while any is outstanding."""
-        self._loop_polled = time.monotonic()
-        self._producer.poll(0)
-        self._hand_over(loop)
-        if self._outstanding > 0 and not self._closed.is_set():
-            loop.call_later(LOOP_POLL_S, self._loop_poll, loop)
-        else:
-            self._loop_polling = False
 
     def _poll(self) -> None:
         while not self._closed.is_set():
-            if time.monotonic() - self._loop_polled < 0.1:  # a loop polls: stand by
-                self._closed.wait(0.02)
-                continue
-            self._producer.poll(0.05)
+            self._producer.poll(POLL_S)
             self._hand_over()
 
-    def _hand_over(self, running: asyncio.AbstractEventLoop | None = None) -> None:
-        """Resolve the asyncio futures acknowledged so far: at once on ``running`` (the loop
-        calling), with one wake-up per other loop."""
+    def _hand_over(self) -> None:
+        """Resolve the asyncio futures acknowledged so far: one wake-up of each loop waiting."""
         if not self._acks:
             return
         acks, self._acks = self._acks, []
@@ -160,23 +139,16 @@ class DeliveringProducer:
         for loop, future, outcome in acks:
             by_loop.setdefault(loop, []).append((future, outcome))
         for loop, done in by_loop.items():
-            if loop is running:
-                self._outstanding -= len(done)
-                _resolve(done)
-                continue
             try:
-                loop.call_soon_threadsafe(self._resolve_on_loop, done)
+                loop.call_soon_threadsafe(_resolve, done)
             except RuntimeError:  # the loop closed (the worker is exiting): nobody waits
                 pass
 
-    def _resolve_on_loop(self, done: list[tuple[asyncio.Future, Any]]) -> None:
-        self._outstanding -= len(done)
-        _resolve(done)
-
     def close(self) -> None:
-        self._producer.flush(self.timeout_s)
+        """Stop the poll thread, then deliver what is outstanding (reports served here)."""
         self._closed.set()
         self._poller.join(timeout=2)
+        self._producer.flush(self.timeout_s)
         self._hand_over()
 
 
