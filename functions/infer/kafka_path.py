@@ -32,6 +32,8 @@ from kafkaml.events import KAFKA_EVENT, Event, record_key
 
 HEADER_PREFIX = "kafkaheader"
 _ID_RE = re.compile(r"^partition:(\d+)/offset:(\d+)$")
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(..., separators=(",", ":"))`` without building an encoder per record."""
 
 
 class Delivered(Protocol):
@@ -158,7 +160,7 @@ def prediction_record(
 ) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
     """What to produce for ``record``: topic, value, key and headers."""
     (row,) = split_rows(outputs)
-    value = json.dumps({"values": row}, separators=(",", ":")).encode()
+    value = _COMPACT({"values": row}).encode()
     headers = [*record.headers, *record.coordinate_headers(), *version_header(outputs)]
     return service.spec["output_topic"], value, record.output_key, headers
 
