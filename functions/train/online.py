@@ -187,8 +187,29 @@ class OnlineTrainer:
                 return {"stream_id": stream_id, "window": None, "status": "closed"}
             return {"stream_id": stream_id, "window": None, "status": "open"}
         msg = self._window_message(stream, ranges)
-        run = self._window_run(stream, msg, window_run_id(stream_id, ranges))
+        run_id = window_run_id(stream_id, ranges)
+        try:
+            run = self._window_run(stream, msg, run_id)
+        except KmlError as e:
+            if not e.retryable and not isinstance(e, Conflict):
+                self._stop_failed(stream_id, etag, run_id, e)
+            raise
         return self._commit(stream_id, stream, etag, ranges, run)
+
+    def _stop_failed(self, stream_id: str, etag: str, run_id: str, error: KmlError) -> None:
+        """A window that can never train (its records do not decode, its deployment is gone)
+        fails its stream: ``failed`` with the reason and the window's run, shown by ``kml streams
+        list|show``, and no tick tries it again. The cursor stays before the window."""
+        try:
+            self.registry.update_stream(
+                stream_id, etag, status="failed", reason=error.message, failed_run=run_id
+            )
+        except PreconditionFailed:  # changed meanwhile (stopped, say): the next tick decides
+            return
+        log.error(
+            "stream failed",
+            extra={"fields": {"stream": stream_id, "run": run_id, "reason": error.message}},
+        )
 
     # -- one window -----------------------------------------------------------------------------
     def _window_message(self, stream: dict[str, Any], ranges: list[OffsetRange]) -> ControlMessage:

@@ -77,6 +77,13 @@ def show(
             f"{stream.get('promotions', 0)} promotion(s)",
             highlight=False,
         )
+        if stream.get("status") == "failed":  # a window that can never train stopped it
+            console.print(
+                f"  [red]failed[/] at window run {stream.get('failed_run')}: "
+                f"{stream.get('reason')}",
+                highlight=False,
+                soft_wrap=True,
+            )
         table = Table("window", "records", "promoted model", "candidate", "promoted", "run")
         for w in stream.get("windows", []):
             table.add_row(

@@ -106,3 +106,29 @@ def test_a_transient_fault_fails_the_tick_only_when_it_failed_every_stream():
     registry.update_stream("stream-idle", etag, status="stopped")
     with pytest.raises(Unavailable, match="t3"):  # nothing done at all: 503, retried
         _online(registry, {"t2": 5}).tick()
+
+
+def test_a_window_that_failed_for_good_fails_its_stream_and_no_tick_tries_it_again():
+    registry = Registry(MemoryStore("unit"))
+    _open(registry, "stream-bad", "t1")
+    _open(registry, "stream-idle", "t2", cursor=5)
+    bad_run = window_run_id("stream-bad", [OffsetRange("t1", 0, 0, 5)])
+    registry.claim_run(bad_run, {"stream_id": "stream-bad", "lease_expires": time.time() + 60})
+    _, etag = registry.get_run(bad_run)
+    registry.update_run(
+        bad_run, etag, status="failed", permanent=True, error_status=422,
+        reason="record 3 of t1:0 does not decode: 7 bytes, expected 64",
+    )  # fmt: skip
+    online = _online(registry, {"t1": 5, "t2": 5})
+
+    report = {r["stream_id"]: r for r in online.tick()["streams"]}
+    assert (
+        report["stream-bad"]["status"] == 422 and "does not decode" in report["stream-bad"]["error"]
+    )
+    assert report["stream-idle"]["window"] is None
+    stream = registry.get_stream("stream-bad")[0]
+    assert (stream["status"], stream["failed_run"]) == ("failed", bad_run)
+    assert "does not decode" in stream["reason"] and stream["cursor"] == {"0": 0}
+
+    again = {r["stream_id"] for r in online.tick()["streams"]}
+    assert again == {"stream-idle"}  # a failed stream is not ticked again
