@@ -101,9 +101,11 @@ def render_inference_manifests(spec: dict[str, Any], settings: Settings) -> list
     if not settings.strimzi_cluster:
         topics = []
     if spec.get("mode", EVENT) == STREAM:
+        auth = _trigger_authentication(settings, name, labels)
         return [
             _deployment(spec, settings, name, labels),
-            _scaled_object(spec, settings, name, labels),
+            *([auth] if auth else []),
+            _scaled_object(spec, settings, name, labels, authenticated=auth is not None),
             network_policy(settings, name, labels, stream=True),
             *topics,
         ]
@@ -386,11 +388,77 @@ def _deployment(
     }
 
 
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+"""KEDA's Kafka scaler's name for each SASL mechanism the functions use."""
+
+
+def keda_kafka_security(settings: Settings) -> dict[str, str]:
+    """The Kafka trigger's ``sasl`` and ``tls`` for the settings' protocol (none: plaintext)."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    out = {}
+    if protocol.startswith("SASL_"):
+        mechanism = settings.kafka_sasl_mechanism.strip().upper()
+        if mechanism not in KEDA_SASL:
+            raise ValidationFailed(
+                f"KEDA's Kafka scaler cannot log in with {settings.kafka_sasl_mechanism!r}",
+                [f"kafka_sasl_mechanism: one of {', '.join(KEDA_SASL)} for stream mode"],
+            )
+        out["sasl"] = KEDA_SASL[mechanism]
+    if protocol.endswith("SSL"):
+        out["tls"] = "enable"
+    return out
+
+
+def _trigger_authentication(
+    settings: Settings, name: str, labels: dict[str, str]
+) -> dict[str, Any] | None:
+    """KEDA's credentials for reading the group's lag: infer's own Kafka user and CA, from the
+    Secret its pods use (``KAFKA_SECRET``), so the scaler sees no more than the consumers do.
+    None for a plaintext Kafka without a CA."""
+    security = keda_kafka_security(settings)
+    refs = [("username", "user"), ("password", "password")] if "sasl" in security else []
+    if "tls" in security and settings.kafka_ca_file:
+        refs.append(("ca", "ca.crt"))
+    if not refs:
+        return None
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels},
+        "spec": {
+            "secretTargetRef": [
+                {"parameter": parameter, "name": KAFKA_SECRET, "key": key}
+                for parameter, key in refs
+            ]
+        },
+    }
+
+
 def _scaled_object(
-    spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
+    spec: dict[str, Any],
+    settings: Settings,
+    name: str,
+    labels: dict[str, str],
+    authenticated: bool = False,
 ) -> dict[str, Any]:
     scaling = Scaling.of(spec)
     servers = [s.strip() for s in settings.kafka_bootstrap.split(",") if s.strip()]
+    trigger: dict[str, Any] = {
+        "type": "kafka",
+        "metadata": {
+            "bootstrapServers": ",".join(servers),
+            "consumerGroup": name,
+            "topic": spec["input_topic"],
+            "lagThreshold": str(LAG_THRESHOLD),
+            "activationLagThreshold": "0",
+            # A group that has committed nothing yet reads from the beginning (as the consumers
+            # do), so records sent before it existed count as lag.
+            "offsetResetPolicy": "earliest",
+            **keda_kafka_security(settings),
+        },
+    }
+    if authenticated:
+        trigger["authenticationRef"] = {"name": name}
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -401,21 +469,7 @@ def _scaled_object(
             "maxReplicaCount": scaling.max_scale,
             "pollingInterval": 10,
             "cooldownPeriod": 300,
-            "triggers": [
-                {
-                    "type": "kafka",
-                    "metadata": {
-                        "bootstrapServers": ",".join(servers),
-                        "consumerGroup": name,
-                        "topic": spec["input_topic"],
-                        "lagThreshold": str(LAG_THRESHOLD),
-                        "activationLagThreshold": "0",
-                        # A group that has committed nothing yet reads from the beginning (as
-                        # the consumers do), so records sent before it existed count as lag.
-                        "offsetResetPolicy": "earliest",
-                    },
-                }
-            ],
+            "triggers": [trigger],
         },
     }
 

@@ -300,6 +300,21 @@ def check_references(docs: list[dict[str, Any]]) -> list[str]:
                     f"{who}: spec.scaleTargetRef names {kind} {ns}/{target.get('name')}, which is "
                     "not in the build"
                 )
+        if d.get("kind") == "ScaledObject":
+            for trigger in spec.get("triggers") or []:
+                auth = (trigger.get("authenticationRef") or {}).get("name")
+                if auth and ("keda.sh", "TriggerAuthentication", ns, auth) not in have:
+                    found.append(
+                        f"{who}: a trigger's authenticationRef names TriggerAuthentication "
+                        f"{ns}/{auth}, which is not in the build"
+                    )
+        if d.get("kind") == "TriggerAuthentication":
+            for ref in spec.get("secretTargetRef") or []:
+                if ("", "Secret", ns, ref.get("name", "")) not in have:
+                    found.append(
+                        f"{who}: secretTargetRef {ref.get('parameter')} names Secret "
+                        f"{ref.get('name')!r}, not in the build"
+                    )
         for ref_kind, name in _env_refs(d):
             if ("", ref_kind, ns, name) not in have:
                 found.append(

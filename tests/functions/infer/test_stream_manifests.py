@@ -179,3 +179,47 @@ def test_register_stores_a_stream_spec_and_its_stream_manifests():
     with pytest.raises(ValidationFailed) as bad:
         create({**body, "id": "s2", "mode": "batch"})
     assert bad.value.problems == ["mode: 'batch' must be one of event, stream"]
+
+
+def test_with_a_sasl_kafka_keda_reads_the_lag_as_infer_s_own_kafka_user(crds):
+    scram = SETTINGS.replace(
+        kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_username="kml-infer", kafka_password="scram-secret", kafka_ca_file="/run/ca.crt",
+    )  # fmt: skip
+    docs = {d["kind"]: d for d in render_inference_manifests(SPEC, scram)}
+    assert set(docs) == {"Deployment", "TriggerAuthentication", "ScaledObject", "NetworkPolicy"}
+    (trigger,) = docs["ScaledObject"]["spec"]["triggers"]
+    assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    auth = docs["TriggerAuthentication"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert auth["metadata"]["namespace"] == docs["ScaledObject"]["metadata"]["namespace"]
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs == {
+        "username": ("kml-kafka-infer", "user"),
+        "password": ("kml-kafka-infer", "password"),
+        "ca": ("kml-kafka-infer", "ca.crt"),
+    }  # the Secret the pods and the KafkaSource use; its values never in a manifest
+    assert "scram-secret" not in to_yaml(list(docs.values()))
+    from kml.kustomize import build
+
+    overlay = build(BASE.parent / "overlays" / "strimzi-scram")  # where kml-kafka-infer is
+    assert check_documents(overlay + list(docs.values()), crds) == []
+    alone = check_documents([docs["ScaledObject"], docs["TriggerAuthentication"]], crds)
+    assert any("secretTargetRef username names Secret 'kml-kafka-infer'" in p for p in alone)
+    lost = check_documents([d for k, d in docs.items() if k != "TriggerAuthentication"], crds)
+    assert any("authenticationRef names TriggerAuthentication" in p for p in lost)
+    typo = yaml.safe_load(to_yaml([auth]))
+    typo["spec"]["secretTargetRefs"] = typo["spec"].pop("secretTargetRef")
+    assert schema_problems(typo, crds)  # KEDA's schema would refuse a misspelt field
+
+
+def test_a_plaintext_kafka_needs_no_trigger_authentication_and_an_odd_mechanism_is_named(docs):
+    (trigger,) = docs["ScaledObject"]["spec"]["triggers"]
+    assert "authenticationRef" not in trigger and "sasl" not in trigger["metadata"]
+    from kafkaml.errors import ValidationFailed
+
+    gssapi = SETTINGS.replace(
+        kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_mechanism="GSSAPI"
+    )
+    with pytest.raises(ValidationFailed, match="GSSAPI"):
+        render_inference_manifests(SPEC, gssapi)
