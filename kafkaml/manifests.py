@@ -22,6 +22,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import PurePosixPath
 from typing import Any
 
 import yaml
@@ -190,6 +191,7 @@ def _service(
     # The queue-proxy lets containerConcurrency requests in at once: one slot each, and the
     # probes' threads on top (0 = unlimited: the settings' slots).
     slots = scaling.target_concurrency or settings.infer_request_slots
+    ca_volumes, ca_mounts = kafka_ca_mount(settings, KAFKA_SECRET)
     container = {
         "name": "infer",
         "image": image_of(spec, settings),
@@ -204,7 +206,10 @@ def _service(
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
             {"secretRef": {"name": S3_SECRET}},
         ],
-        "volumeMounts": [{"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "tokens", "mountPath": TOKENS_MOUNT, "readOnly": True},
+            *ca_mounts,
+        ],
         "resources": {
             "requests": {"cpu": "250m", "memory": "256Mi"},
             "limits": {"cpu": "1", "memory": "1Gi"},
@@ -246,7 +251,7 @@ def _service(
                     "containerConcurrency": scaling.target_concurrency,
                     "timeoutSeconds": min(TIMEOUT_SECONDS, int(settings.request_timeout_s)),
                     "containers": [container],
-                    "volumes": [tokens_volume()],
+                    "volumes": [tokens_volume(), *ca_volumes],
                 },
             }
         },
@@ -321,6 +326,20 @@ def kafka_source_net(settings: Settings, secret: str) -> dict[str, Any]:
     return {"net": net} if net else {}
 
 
+def kafka_ca_mount(settings: Settings, secret: str) -> tuple[list[dict], list[dict]]:
+    """A pod's (volumes, volumeMounts) putting the Secret's ``ca.crt`` at ``kafka_ca_file``, where
+    the settings tell the Kafka clients to find it (TLS with a CA file only; else nothing)."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if not (protocol.endswith("SSL") and settings.kafka_ca_file):
+        return [], []
+    path = PurePosixPath(settings.kafka_ca_file)
+    volume = {
+        "name": "kafka-ca",
+        "secret": {"secretName": secret, "items": [{"key": "ca.crt", "path": path.name}]},
+    }
+    return [volume], [{"name": "kafka-ca", "mountPath": str(path.parent), "readOnly": True}]
+
+
 def kafka_user_env(settings: Settings, secret: str) -> list[dict[str, Any]]:
     """A pod's ``KML_KAFKA_USERNAME``/``PASSWORD`` from ``secret`` when the settings use SASL."""
     if not settings.kafka_security_protocol.strip().upper().startswith("SASL_"):
@@ -339,6 +358,7 @@ def _deployment(
     spec: dict[str, Any], settings: Settings, name: str, labels: dict[str, str]
 ) -> dict[str, Any]:
     probe = {"port": CONTAINER_PORT}
+    ca_volumes, ca_mounts = kafka_ca_mount(settings, KAFKA_SECRET)
     container = {
         "name": "infer",
         "image": image_of(spec, settings),
@@ -353,6 +373,7 @@ def _deployment(
             {"configMapRef": {"name": SETTINGS_CONFIGMAP}},
             {"secretRef": {"name": S3_SECRET}},
         ],
+        **({"volumeMounts": ca_mounts} if ca_mounts else {}),
         "resources": {
             "requests": {"cpu": "1", "memory": "512Mi"},
             "limits": {"cpu": "2", "memory": "1Gi"},
@@ -382,6 +403,7 @@ def _deployment(
                     # SIGTERM: the pod finishes its batch, commits and leaves the group.
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
+                    **({"volumes": ca_volumes} if ca_volumes else {}),
                 },
             },
         },

@@ -51,3 +51,21 @@ def test_stream_mode_pods_carry_the_user_and_plaintext_renders_no_net(crds):
     assert {"KML_KAFKA_USERNAME", "KML_KAFKA_PASSWORD"} <= set(names)
     plain = render_inference_manifests(SPEC, Settings(namespace="kml"))
     assert "net" not in next(d for d in plain if d["kind"] == "KafkaSource")["spec"]
+
+
+def test_the_pods_find_the_kafka_ca_where_the_settings_point_in_both_modes(crds):
+    for mode in ("event", "stream"):
+        docs = render_inference_manifests({**SPEC, "mode": mode}, SASL)
+        workload = next(d for d in docs if d["kind"] in ("Service", "Deployment"))
+        pod = workload["spec"]["template"]["spec"]
+        assert schema_problems(workload, crds) == [] and rule_problems(workload) == []
+        [volume] = [v for v in pod["volumes"] if v["name"] == "kafka-ca"]
+        assert volume["secret"] == {
+            "secretName": KAFKA_SECRET,
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "kafka-ca"]
+        assert (mount["mountPath"], mount["readOnly"]) == ("/etc/kml/kafka-ca", True)
+    without_ca = render_inference_manifests(SPEC, SASL.replace(kafka_ca_file=""))
+    service = next(d for d in without_ca if d["kind"] == "Service")["spec"]["template"]["spec"]
+    assert [v["name"] for v in service["volumes"]] == ["tokens"]  # the system's trust store
