@@ -131,6 +131,21 @@ class Recorder:
         for _ in range(n):
             self._gate.release()
 
+    def settled(self, quiet: float = 0.5, timeout: float = 20.0) -> int:
+        """The number in flight once no request has arrived or answered for ``quiet`` seconds
+        (a loaded machine may take longer than any fixed sleep to send a whole batch)."""
+        deadline = time.monotonic() + timeout
+        seen = (self.in_flight, len(self.received))
+        since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = (self.in_flight, len(self.received))
+            if now != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return self.in_flight
+        raise AssertionError(f"requests still coming after {timeout}s: {seen}")
+
     def wait_for(
         self, n: int, timeout: float = 30.0, where: Callable[[Received], bool] = lambda r: True
     ) -> list[Received]:
