@@ -151,7 +151,8 @@ def _last_timestamp(bootstrap: str, topic: str, ends: dict[int, int]) -> float:
 
 # -- the floor (child process) ------------------------------------------------------------------
 def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, headers: bool) -> None:
-    """(child) The stream loop without decoding, model or JSON: poll, produce, flush, commit."""
+    """(child) The stream loop without decoding, model or JSON: poll what has arrived, confirm
+    the previous batch (flush) and commit it (at most every 100 ms), produce this one."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -177,10 +178,23 @@ def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, header
         consumer.poll(0.1)
     print("ready", flush=True)
     topic_header = ("kml-input-topic", in_topic.encode())
+    in_flight: dict[int, int] = {}  # the stream loop's shape: one batch awaits its acks
+    done: dict[int, int] = {}
+    committed_at = 0.0
     while True:
-        msgs = [m for m in consumer.consume(batch, 0.02) if m.error() is None]
-        if not msgs:
-            continue
+        msgs = consumer.consume(batch, 0) or consumer.consume(1, 0.02)
+        msgs = [m for m in msgs if m.error() is None]
+        if msgs:
+            msgs += [m for m in consumer.consume(batch - len(msgs), 0) if m.error() is None]
+        if in_flight:
+            producer.flush(30)
+            done.update(in_flight)
+            in_flight = {}
+        if done and (time.monotonic() - committed_at >= 0.1 or not msgs):
+            committed_at = time.monotonic()
+            offsets = [TopicPartition(in_topic, p, o) for p, o in done.items()]
+            consumer.commit(offsets=offsets, asynchronous=True)
+            done = {}
         for m in msgs:
             if headers:
                 hs = [
@@ -191,11 +205,7 @@ def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, header
                 producer.produce(out_topic, m.value(), m.key(), headers=hs)
             else:
                 producer.produce(out_topic, m.value(), m.key())
-        producer.flush(30)
-        ends = {m.partition(): m.offset() + 1 for m in msgs}
-        consumer.commit(
-            offsets=[TopicPartition(in_topic, p, o) for p, o in ends.items()], asynchronous=True
-        )
+        in_flight = {m.partition(): m.offset() + 1 for m in msgs}
 
 
 def floor(settings: Settings, model: DigitsModel, args, headers: bool) -> dict:

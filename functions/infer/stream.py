@@ -4,8 +4,10 @@
 polls up to ``infer_stream_batch`` records, decodes them in one codec call, calls the model once
 and produces one output per input, with the value, key and headers the event path gives the
 same record. A record that does not decode is dead-lettered as the event path does it; the rest
-of its batch goes on. Offsets are committed only once every record of the batch is acknowledged
-(``acks=all``), so a crash, a restart or a rebalance may repeat records and never loses one.
+of its batch goes on. A poll takes what has arrived (it never waits for a full batch), and a
+batch is predicted while the previous one's acknowledgements arrive: one batch is in flight at
+a time. Offsets are committed only once every record of a batch is acknowledged (``acks=all``),
+so a crash, a restart or a rebalance may repeat records and never loses one.
 ``/metrics`` and ``/health/{liveness,readiness}`` answer on a side thread.
 """
 
@@ -17,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -26,6 +29,7 @@ from functions.infer.metrics import InferMetrics
 from functions.infer.model import MODEL_VERSION_HEADER
 from functions.infer.serving import InferenceService, Loader, load_from_storage
 from functions.infer.stream_batch import (
+    Decoded,
     decode_batch,
     event_headers,
     output_key,
@@ -43,6 +47,26 @@ COMMIT_EVERY_S = 0.1
 """Acknowledged offsets are committed at most this often, and at once when the loop is idle,
 on revocation and on close: under light load batches are small, and each commit is a write
 for the group coordinator. A crash repeats at most this long's records more."""
+
+
+@dataclass(frozen=True)
+class _Predicted:
+    """A batch's outputs, named for the model version that made them."""
+
+    output_topic: str
+    version: str
+    decoded: Decoded
+    values: list[bytes]
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A produced batch whose acknowledgements are awaited."""
+
+    msgs: list
+    dead: list[KmlError]
+    started: float
+    """``time.perf_counter()`` at its poll's return."""
 
 
 class _BatchSink:
@@ -96,6 +120,7 @@ class StreamWorker:
         self._assigned: set[int] = set()
         self._done: dict[int, int] = {}
         """Next offset to read per partition, for records whose outputs are acknowledged."""
+        self._in_flight: _InFlight | None = None
         self._uncommitted = False
         self._committed_at = 0.0
         self._rebalanced = False
@@ -143,8 +168,16 @@ class StreamWorker:
         )
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Revocations arrive inside ``consume``, between batches: nothing is in flight, so
-        committing what was delivered (synchronously) hands the partitions over without loss."""
+        """Revocations arrive inside ``consume``: the batch in flight is confirmed first, then
+        what was delivered is committed (synchronously), so the partitions are handed over
+        without loss. If Kafka did not take the batch, nothing of it is committed: the next
+        owners repeat it, and the partitions kept are rewound by the step."""
+        try:
+            self._settle()
+        except Unavailable as e:
+            log.warning(
+                "batch in flight not acknowledged", extra={"fields": self._fields(reason=e.message)}
+            )
         gone = {p.partition for p in partitions}
         offsets = [TopicPartition(self._topic, p, o) for p, o in self._done.items() if p in gone]
         if offsets:
@@ -185,31 +218,40 @@ class StreamWorker:
         self.close()
 
     def step(self, stop: threading.Event | None = None) -> int:
-        """One poll and its batch; returns how many records were delivered and committed."""
+        """One poll and its batch: predict it while the previous batch's acknowledgements
+        arrive, wait for those, then produce this one (it is confirmed by the next step).
+        Returns how many records this step found acknowledged."""
         self.heartbeat = time.monotonic()
-        self._rebalanced = False
-        polled = self._poll()
-        msgs = [m for m in polled if m.error() is None]
-        if len(msgs) < len(polled):
-            self._consumer_errors(polled)
-        if self._rebalanced:  # records of partitions revoked during the poll are the next owner's
-            msgs = [m for m in msgs if m.partition() in self._assigned]
-        if not msgs:
-            self._commit(now=True)  # idle: the group's lag (what KEDA scales on) reaches 0
-            return 0
-        started = time.perf_counter()
+        msgs = self._poll_records()
         try:
-            dead = self._deliver(msgs)
+            if not msgs:
+                done = self._settle()  # idle: confirm what is in flight, and commit it at once,
+                self._commit(now=True)  # so the group's lag (what KEDA scales on) reaches 0
+                return done
+            started = time.perf_counter()
+            predicted = self._predict(msgs)
+            done = self._settle()
+            self._in_flight = self._send(msgs, predicted, started)
         except KmlError as e:
             if not e.retryable:
                 raise
             self._retry_later(msgs, e, stop)
             return 0
-        self._done_with(msgs)
         self._commit()
         self._backoff = 0.0
-        self.metrics.batch(len(msgs), dead, time.perf_counter() - started)
-        return len(msgs)
+        return done
+
+    def _poll_records(self) -> list:
+        """A poll's records, without errors and without those of partitions revoked in it
+        (they are the next owner's)."""
+        self._rebalanced = False
+        polled = self._poll()
+        msgs = [m for m in polled if m.error() is None]
+        if len(msgs) < len(polled):
+            self._consumer_errors(polled)
+        if self._rebalanced:
+            msgs = [m for m in msgs if m.partition() in self._assigned]
+        return msgs
 
     def _poll(self) -> list:
         """The records the consumer holds now, up to a batch; when it holds none, the first
@@ -233,23 +275,24 @@ class StreamWorker:
                 raise KafkaException(err)
             log.warning("consumer error", extra={"fields": self._fields(reason=str(err))})
 
-    def _deliver(self, msgs: list) -> int:
-        """Produce the batch's outputs and dead letters and wait for every acknowledgement;
-        returns how many records were dead-lettered. Raises a retryable error otherwise."""
+    def _predict(self, msgs: list) -> _Predicted:
+        """Decode the batch in one call and predict it in one model call."""
         loaded = self.service.loaded  # one version for the whole batch, named on every output
-        service, spec, model = self.service, loaded.spec, loaded.model
-        version = (MODEL_VERSION_HEADER, loaded.version.encode())
         # A record without a value reaches the event path as an empty body: decode it as one.
-        decoded = decode_batch(service.codec, model, [m.value() or b"" for m in msgs])
-        values = predict_groups(model, decoded)
-        service.metrics.observe_batch(len(values))
-        self._failed.clear()
-        out_topic, topic = spec["output_topic"], self._topic
+        decoded = decode_batch(self.service.codec, loaded.model, [m.value() or b"" for m in msgs])
+        values = predict_groups(loaded.model, decoded)
+        self.service.metrics.observe_batch(len(values))
+        return _Predicted(loaded.spec["output_topic"], loaded.version, decoded, values)
+
+    def _send(self, msgs: list, predicted: _Predicted, started: float) -> _InFlight:
+        """Produce the batch's outputs and dead letters without waiting for them."""
+        out_topic, topic = predicted.output_topic, self._topic
         produce = self._producer.produce
+        version = (MODEL_VERSION_HEADER, predicted.version.encode())
         topic_header = ("kml-input-topic", topic.encode())
         partition_headers: dict[int, tuple[str, bytes]] = {}
-        dead = [(msgs[i], e) for i, e in decoded.bad]
-        for i, value in zip(decoded.ok, values, strict=True):
+        dead = [(msgs[i], e) for i, e in predicted.decoded.bad]
+        for i, value in zip(predicted.decoded.ok, predicted.values, strict=True):
             m = msgs[i]
             partition, offset = m.partition(), m.offset()
             where = partition_headers.get(partition)
@@ -270,6 +313,15 @@ class StreamWorker:
         sink = _BatchSink(self.settings, self._produce)
         for m, error in dead:
             dead_letter(sink, _input_record(m), error)  # type: ignore[arg-type]
+        return _InFlight(msgs, [e for _, e in dead], started)
+
+    def _settle(self) -> int:
+        """Wait until every record of the batch in flight is acknowledged; its offsets are then
+        ready to commit. Returns its size; raises a retryable error (the batch stays in
+        flight, for ``_retry_later`` to rewind) when Kafka did not take all of it."""
+        batch = self._in_flight
+        if batch is None:
+            return 0
         remaining = self._producer.flush(self.settings.infer_produce_timeout_s + 1)
         if self._failed or remaining:
             reason = str(self._failed[0]) if self._failed else f"{remaining} not acknowledged"
@@ -277,12 +329,15 @@ class StreamWorker:
                 f"Kafka at {self.settings.kafka_bootstrap} did not take the batch's records: "
                 f"{reason}"
             )
-        if dead:
+        self._in_flight = None
+        self._done_with(batch.msgs)
+        self.metrics.batch(len(batch.msgs), len(batch.dead), time.perf_counter() - batch.started)
+        if batch.dead:
             log.warning(
                 "records dead-lettered",
-                extra={"fields": self._fields(count=len(dead), first=dead[0][1].message)},
+                extra={"fields": self._fields(count=len(batch.dead), first=batch.dead[0].message)},
             )
-        return len(dead)
+        return len(batch.msgs)
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list) -> None:
         """Produce one record, waiting while the local queue is full; 413 when Kafka refuses
@@ -303,7 +358,8 @@ class StreamWorker:
 
     def _done_with(self, msgs: list) -> None:
         """Every record of the batch is acknowledged: its offsets are ready to commit."""
-        self._done.update({m.partition(): m.offset() + 1 for m in msgs})  # offsets rise
+        ends = {m.partition(): m.offset() + 1 for m in msgs}  # offsets rise in a partition
+        self._done.update((p, o) for p, o in ends.items() if p in self._assigned)
         self._uncommitted = True
 
     def _commit(self, now: bool = False) -> None:
@@ -325,6 +381,10 @@ class StreamWorker:
     def _retry_later(self, msgs: list, error: KmlError, stop: threading.Event | None) -> None:
         """Rewind every partition of the batch to its first record and wait before polling it
         again: the batch is predicted anew (its acknowledged outputs may repeat)."""
+        if self._in_flight is not None:  # not acknowledged: redone with the batch after it
+            msgs = [*self._in_flight.msgs, *msgs]
+            self._in_flight = None
+        self._failed.clear()
         firsts: dict[int, int] = {}
         for m in reversed(msgs):  # offsets rise within a partition: the first one wins
             firsts[m.partition()] = m.offset()
@@ -349,7 +409,8 @@ class StreamWorker:
             time.sleep(0.1)
 
     def close(self) -> None:
-        """Leave the group (its revocation commits what was delivered) and flush."""
+        """Leave the group (its revocation confirms the batch in flight and commits what was
+        delivered) and flush."""
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

@@ -160,7 +160,11 @@ class _Consumer:
         self.on_assign = on_assign
 
     def consume(self, n, timeout):
-        return self.batches.pop(0) if self.batches else []
+        """One batch per poll: a poll takes what is there (timeout 0), and nothing more
+        arrives while it waits."""
+        if timeout or not self.batches:
+            return []
+        return self.batches.pop(0)
 
     def commit(self, offsets, asynchronous):
         self.commits.append({(o.partition, o.offset) for o in offsets})
@@ -189,7 +193,7 @@ def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
     model = LinearModel()
     x = np.zeros((8, 8), dtype=np.float32).tobytes()
     batch = [_Msg(0, 10, x), _Msg(1, 7, x), _Msg(0, 11, x)]
-    consumer = _Consumer([batch, batch])
+    consumer = _Consumer([batch, [], batch, []])
     made = {}
     s = settings()
     service = InferenceService(
@@ -207,8 +211,39 @@ def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
     consumer.on_assign(consumer, [TopicPartition("in", 0), TopicPartition("in", 1)])
     stop = threading.Event()
     stop.set()  # no backoff wait in the test
-    assert worker.step(stop) == 0
+    assert worker.step(stop) == 0  # produced, in flight
+    assert worker.step(stop) == 0  # idle: the batch in flight is not acknowledged
     assert consumer.commits == [] and sorted(consumer.seeks) == [(0, 10), (1, 7)]
-    assert worker.step(stop) == 3
+    assert worker.step(stop) == 0  # polled again from the rewound offsets: in flight
+    assert worker.step(stop) == 3  # idle: acknowledged, committed at once
     assert consumer.commits == [{(0, 12), (1, 8)}]  # past the last record of each partition
     assert [k for _, k in made["p"].sent] == [b"k10", b"k7", b"k11"] * 2  # redone, repeated
+
+
+def test_a_batch_is_produced_before_the_previous_one_is_confirmed_and_committed_after():
+    from confluent_kafka import TopicPartition
+
+    x = np.zeros((8, 8), dtype=np.float32).tobytes()
+    first, second = [_Msg(0, 10, x), _Msg(1, 7, x)], [_Msg(0, 11, x)]
+    consumer = _Consumer([first, second, []])
+    made = {}
+    s = settings()
+    service = InferenceService(
+        s, InferMetrics(s.inference_id), loader=lambda _: Loaded(SPEC, LinearModel())
+    )
+    service.start()
+    assert service.wait_ready(5)
+    worker = StreamWorker(
+        s,
+        service,
+        consumer_factory=lambda config: consumer,
+        producer_factory=lambda config: made.setdefault("p", _Producer(config, fail_first=False)),
+    )
+    worker.connect()
+    consumer.on_assign(consumer, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    assert worker.step() == 0 and consumer.commits == []
+    assert worker.step() == 2  # the first batch confirmed once the second was predicted
+    assert [k for _, k in made["p"].sent] == [b"k10", b"k7", b"k11"]
+    assert consumer.commits == [{(0, 11), (1, 8)}]
+    assert worker.step() == 1
+    assert consumer.commits[-1] == {(0, 12), (1, 8)}
