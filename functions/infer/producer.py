@@ -16,6 +16,7 @@ tick.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -27,6 +28,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from kafkaml.errors import PayloadTooLarge, Unavailable
 from kafkaml.kafka import client_config
 from kafkaml.settings import Settings
+
+log = logging.getLogger("kml.infer")
 
 POLL_S = 0.05
 """The poll thread's longest wait in librdkafka (a report ends it at once)."""
@@ -127,7 +130,10 @@ class DeliveringProducer:
 
     def _poll(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(POLL_S)
+            try:
+                self._producer.poll(POLL_S)
+            except Exception:  # a callback raised: the reports after it must still be served
+                log.exception("a delivery report failed")
             self._hand_over()
 
     def _hand_over(self) -> None:
