@@ -1,4 +1,5 @@
-"""The infer function's server: a gunicorn worker running one asyncio event loop.
+"""The infer function's server: a gunicorn worker running one asyncio event loop (uvloop's when
+it is installed, as in the infer image: its transports and callbacks are C).
 
 Knative's KafkaSource posts one record per HTTP request (there is no batched delivery), so in
 event mode a request's own cost is the throughput of a replica. Under gunicorn's ``gthread``
