@@ -2,9 +2,10 @@
 
 All in one run, on one broker, the digits MLP (LiteRT), RAW float32 8x8 records:
 
-- floor: one process polling ``--batch`` records, producing each record's value and key to an
-  output topic, confirming the batch (flush) and committing, without a model (``floor``), and
-  the same with the three coordinate headers every stream output carries (``floor+headers``);
+- floor: one process polling up to ``--batch`` records, producing each record's value and key
+  to an output topic at once, confirming (flush) and committing every 100 ms, without a model
+  (``floor``), and the same with the three coordinate headers every stream output carries
+  (``floor+headers``); a first floor run, not counted, warms the broker's JVM;
 - stream mode: ``python -m functions.infer.stream`` processes in one consumer group (1, 2, 4:
   ``--replicas``), each as a Deployment's pod runs it;
 - event mode: the local KafkaSource bridge (unordered) + the infer function under gunicorn;
@@ -58,7 +59,15 @@ from kml.dev.inference import infer_env, stream_argv
 from kml.dev.procs import Proc, free_port, readiness_status
 from storage.registry import Registry
 
-WHERE_THE_TIME_GOES = "(to be measured)"
+WHERE_THE_TIME_GOES = (
+    "A profile of one stream process draining a backlog (pyinstrument; its main thread spent "
+    "~3.7 us of CPU per record): producing each output with its 4 headers about a quarter, the "
+    "per-record loop that builds those headers and keys a fifth, consume a sixth, writing the "
+    "outputs as JSON a tenth (one orjson call per batch, ~1 us per record; json.dumps of Python "
+    "floats took ~6 us), decoding and the LiteRT call (buckets of 1024 rows) about 5%; the rest "
+    "of the consumer's CPU is librdkafka's threads. The broker's CPU per record is beside it: "
+    "on this machine the broker, not the consumer, is the larger cost."
+)
 FLOOR, FLOOR_HEADERS, STREAM, EVENT = (
     "floor: batched consume + produce, no model",
     "floor + the 3 coordinate headers",
@@ -74,6 +83,7 @@ class Burst:
     span_s: float
     outputs: int
     cpu_s: float
+    broker_cpu_s: float
 
     def row(self, path: str, replicas: int | str) -> dict:
         return {
@@ -89,13 +99,13 @@ class Burst:
             ),
             "duplicates": self.outputs - self.records,
             "consumer CPU us/rec": 1e6 * self.cpu_s / max(self.records, 1),
+            "broker CPU us/rec": 1e6 * self.broker_cpu_s / max(self.records, 1),
         }
 
 
-def drain(
-    bootstrap: str, model: DigitsModel, in_topic: str, out_topic: str, n: int, pgids
-) -> Burst:
+def drain(settings: Settings, model: DigitsModel, in_topic: str, out_topic: str, n: int, pgids):
     """Pause the consumers, publish ``n`` records, resume them; time until the ``n``-th output."""
+    bootstrap = settings.kafka_bootstrap
     producer = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -115,17 +125,41 @@ def drain(
         producer.flush(120)
         publish_s = time.time() - started
         cpu = sum(cpu_seconds(p) for p in pgids)
+        broker = cpu_seconds(broker_pid(settings))
         resumed_ms = time.time() * 1000
     finally:
         _signal(pgids, signal.SIGCONT)
-    deadline = time.monotonic() + 600
-    while sum(end_offsets(bootstrap, out_topic).values()) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(1.0)  # let repeats (if any) land before counting
+    wait_for_records(bootstrap, out_topic, n, 600)
     cpu = sum(cpu_seconds(p) for p in pgids) - cpu
+    broker = cpu_seconds(broker_pid(settings)) - broker
+    time.sleep(1.0)  # let repeats (if any) land before counting
     ends = end_offsets(bootstrap, out_topic)
     last_ms = _last_timestamp(bootstrap, out_topic, ends)
-    return Burst(n, publish_s, (last_ms - resumed_ms) / 1000, sum(ends.values()), cpu)
+    return Burst(n, publish_s, (last_ms - resumed_ms) / 1000, sum(ends.values()), cpu, broker)
+
+
+def wait_for_records(bootstrap: str, topic: str, n: int, timeout_s: float) -> None:
+    """Until ``topic`` holds ``n`` records in all, asking one client every 50 ms (a client
+    per look would add connections for the broker to serve while it is measured)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4()}"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ends = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p), 10, cached=False)[1]
+                for p in partitions
+            ]
+            if sum(ends) >= n:
+                return
+            time.sleep(0.05)
+    finally:
+        consumer.close()
+
+
+def broker_pid(settings: Settings) -> int | None:
+    """The local stack's Kafka broker (its process group)."""
+    return Proc("kafka", Path(settings.state_dir) / "kafka").pid()
 
 
 def _signal(pgids, sig: int) -> None:
@@ -151,8 +185,10 @@ def _last_timestamp(bootstrap: str, topic: str, ends: dict[int, int]) -> float:
 
 # -- the floor (child process) ------------------------------------------------------------------
 def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, headers: bool) -> None:
-    """(child) The stream loop without decoding, model or JSON: poll what has arrived, confirm
-    the previous batch (flush) and commit it (at most every 100 ms), produce this one."""
+    """(child) Consume + produce at least once, as fast as Python does it, without decoding,
+    model or JSON: produce each polled record at once, and confirm (flush) and commit what was
+    produced every 100 ms or when idle; stream mode waits for each batch (while it predicts
+    the next), so this loop waits less than it does."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -178,24 +214,13 @@ def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, header
         consumer.poll(0.1)
     print("ready", flush=True)
     topic_header = ("kml-input-topic", in_topic.encode())
-    in_flight: dict[int, int] = {}  # the stream loop's shape: one batch awaits its acks
-    done: dict[int, int] = {}
-    committed_at = 0.0
+    produced: dict[int, int] = {}  # next offset per partition, produced and not yet confirmed
+    confirmed_at = time.monotonic()
     while True:
         msgs = consumer.consume(batch, 0) or consumer.consume(1, 0.02)
-        msgs = [m for m in msgs if m.error() is None]
-        if msgs:
-            msgs += [m for m in consumer.consume(batch - len(msgs), 0) if m.error() is None]
-        if in_flight:
-            producer.flush(30)
-            done.update(in_flight)
-            in_flight = {}
-        if done and (time.monotonic() - committed_at >= 0.1 or not msgs):
-            committed_at = time.monotonic()
-            offsets = [TopicPartition(in_topic, p, o) for p, o in done.items()]
-            consumer.commit(offsets=offsets, asynchronous=True)
-            done = {}
         for m in msgs:
+            if m.error() is not None:
+                continue
             if headers:
                 hs = [
                     topic_header,
@@ -205,7 +230,12 @@ def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, header
                 producer.produce(out_topic, m.value(), m.key(), headers=hs)
             else:
                 producer.produce(out_topic, m.value(), m.key())
-        in_flight = {m.partition(): m.offset() + 1 for m in msgs}
+            produced[m.partition()] = m.offset() + 1
+        if produced and (not msgs or time.monotonic() - confirmed_at >= 0.1):
+            producer.flush(30)
+            offsets = [TopicPartition(in_topic, p, o) for p, o in produced.items()]
+            consumer.commit(offsets=offsets, asynchronous=True)
+            produced, confirmed_at = {}, time.monotonic()
 
 
 def floor(settings: Settings, model: DigitsModel, args, headers: bool) -> dict:
@@ -221,7 +251,7 @@ def floor(settings: Settings, model: DigitsModel, args, headers: bool) -> dict:
     )
     try:
         proc.wait_until(lambda: "ready" in proc.log_file.read_text(), "the floor loop", 60)
-        got = drain(settings.kafka_bootstrap, model, in_topic, out_topic, args.records, [child.pid])
+        got = drain(settings, model, in_topic, out_topic, args.records, [child.pid])
     finally:
         proc.stop()
     return got.row(FLOOR_HEADERS if headers else FLOOR, 1)
@@ -279,7 +309,7 @@ def stream(settings: Settings, model: DigitsModel, args, replicas: int) -> dict:
     procs = start_streams(dep_settings, spec, replicas, args.batch, args.partitions)
     try:
         got = drain(
-            settings.kafka_bootstrap,
+            settings,
             model,
             spec["input_topic"],
             spec["output_topic"],
@@ -312,12 +342,14 @@ def stream_latency(settings: Settings, model: DigitsModel, args, rates: list[flo
                 end_offsets(bootstrap, in_topic),
                 end_offsets(bootstrap, out_topic),
             )
+            pids = {"broker": broker_pid(settings), "stream": proc.pid()}
+            cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            cpu |= {"publisher": time.process_time(), "machine": busy()}
             took = paced(producer, in_topic, model, count, rate)
-            deadline = time.monotonic() + max(60.0, 3 * took)
-            while time.monotonic() < deadline:
-                if _total(end_offsets(bootstrap, out_topic)) - _total(out_start) >= count:
-                    break
-                time.sleep(0.1)
+            cores = {name: (cpu_seconds(pid) - cpu[name]) / took for name, pid in pids.items()}
+            cores["publisher"] = (time.process_time() - cpu["publisher"]) / took
+            cores["machine"] = (busy() - cpu["machine"]) / took
+            wait_for_records(bootstrap, out_topic, _total(out_start) + count, max(60.0, 3 * took))
             sent = stamps(bootstrap, in_topic, in_start)
             got = stamps(bootstrap, out_topic, out_start)
             latencies = [float(got[k] - t) for k, t in sent.items() if k in got]
@@ -329,6 +361,7 @@ def stream_latency(settings: Settings, model: DigitsModel, args, rates: list[flo
                     "p50 ms": percentile(latencies, 50),
                     "p99 ms": percentile(latencies, 99),
                     "max ms": max(latencies, default=float("nan")),
+                    "cores": cores,
                 }
             )
             console.print(out[-1])
@@ -378,6 +411,12 @@ def stamps(bootstrap: str, topic: str, start: dict[int, int]) -> dict[bytes, int
     return found
 
 
+def busy() -> float:
+    """CPU seconds the whole machine has spent busy (``/proc/stat``: all but idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def _total(offsets: dict[int, int]) -> int:
     return sum(offsets.values())
 
@@ -410,6 +449,7 @@ def event_mode(settings: Settings, model: DigitsModel, count: int) -> dict:
         "records/s per replica": ph.records_per_s,
         "duplicates": ph.done - count,
         "consumer CPU us/rec": 1e6 * cpu / max(count, 1),
+        "broker CPU us/rec": "-",
     }
 
 
@@ -420,6 +460,7 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
     model = digits_model(settings)
     result = Result("infer_stream", "Stream-mode inference: digits MLP, RAW float32 8x8")
     skip = set(args.skip)
+    floor(settings, model, args, headers=True)  # not counted: warms the broker's JVM (its JIT)
     base = floor(settings, model, args, headers=False)
     console.print(base)
     rows = [base]
@@ -446,7 +487,10 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
                 f"latency of one stream process at {what} ({lat['offered/s']:,} records/s "
                 f"offered, {lat['achieved/s']:,.0f}/s sent, {lat['done']:,} done): p50 "
                 f"{lat['p50 ms']:.0f} ms, p99 {lat['p99 ms']:.0f} ms, max {lat['max ms']:.0f} ms "
-                "(output minus input CreateTime; target p99 <= 50 ms at half rate)."
+                "(output minus input CreateTime; target p99 <= 50 ms at half rate). Cores busy "
+                "meanwhile: "
+                + ", ".join(f"{name} {used:.2f}" for name, used in lat["cores"].items())
+                + f" of {os.cpu_count()}."
             )
         result.ratios["stream (1 replica) / floor, records/s"] = (
             one["records/s"] / base["records/s"]
@@ -475,8 +519,9 @@ def run(settings: Settings, args: argparse.Namespace) -> Result:
     result.notes.append(
         f"{args.records:,} records per backlog over {args.partitions} partitions, polls of "
         f"{args.batch:,}; the consumers hold their partitions and are paused while the backlog "
-        "is published, then resumed. Replicas are processes on this machine: the broker "
-        f"shares its {os.cpu_count()} cores with them, so more replicas than cores "
+        "is published, then resumed; a first floor run, not counted, warms the broker's JVM "
+        "(cold, it spent twice the CPU per record). Replicas are processes on this machine: "
+        f"the broker shares its {os.cpu_count()} cores with them, so more replicas than cores "
         "cannot add throughput here. Duplicates = outputs - inputs (0 without failures)."
     )
     result.notes.append(
