@@ -37,11 +37,16 @@ class StoreBacked:
         return check_schema_version(key, value)
 
     def _read_all(self, prefix: str) -> list[dict[str, Any]]:
+        return [record for _, record in self._read_named(prefix)]
+
+    def _read_named(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, record) of each ``<prefix><name>.json`` right under ``prefix``."""
         out = []
         for key in self._store.list(prefix):
-            if key.endswith(".json") and "/" not in key[len(prefix) :]:
+            name = key[len(prefix) :]
+            if name.endswith(".json") and "/" not in name:
                 try:
-                    out.append(self._read(key))
+                    out.append((name[: -len(".json")], self._read(key)))
                 except NotFound:
                     continue
         return out

@@ -140,14 +140,13 @@ class RunRecords(StoreBacked):
         return new, self._store.put_json(f"streams/{stream_id}.json", new, if_match=etag)
 
     def list_streams(self) -> list[dict[str, Any]]:
-        """Every stream record; an object under ``streams/`` that is not one (no string ``id``
-        and ``topic``: left there by another tool or by hand) is skipped, not failed on."""
+        """Every stream record, each with its ``id`` (from its key when the record lacks one);
+        an object under ``streams/`` that is not one (no topic: left there by another tool or
+        by hand) is skipped, not failed on."""
         return [
-            s
-            for s in self._read_all("streams/")
-            if isinstance(s, dict)
-            and isinstance(s.get("id"), str)
-            and isinstance(s.get("topic"), str)
+            {**record, "id": record["id"] if isinstance(record.get("id"), str) else name}
+            for name, record in self._read_named("streams/")
+            if isinstance(record, dict) and isinstance(record.get("topic"), str)
         ]
 
     @staticmethod

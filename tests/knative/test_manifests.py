@@ -156,10 +156,10 @@ def test_containerfiles_keep_tensorflow_out_of_infer():
     """Each image installs its own extra and fails its build if a forbidden module imports."""
     images = KNATIVE / "images"
     train = (images / "train.Containerfile").read_text()
-    assert "install.sh train " in train and "COPY kml" not in train
+    assert "install.sh deps train\n" in train and "COPY kml" not in train
     infer = (images / "infer.Containerfile").read_text()
-    assert "install.sh infer tensorflow kml typer rich requests" in infer
-    assert "train" not in infer.split("install.sh", 1)[1].splitlines()[0]
+    assert "install.sh app infer tensorflow kml typer rich requests" in infer
+    assert "install.sh deps infer\n" in infer and "install.sh deps train" not in infer
     assert "COPY kml" not in infer and "COPY functions/infer" in infer
     assert "functions.register.app:create_app()" in (images / "register.Containerfile").read_text()
 

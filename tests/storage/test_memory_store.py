@@ -68,5 +68,7 @@ def test_listing_streams_skips_objects_under_streams_that_are_no_stream_record()
     registry = Registry(MemoryStore())
     registry.create_stream("stream-a", {"id": "stream-a", "topic": "sensors", "status": "open"})
     registry._store.put_json("streams/probe.json", {"n": 2})  # another tool's object
-    registry._store.put_json("streams/odd.json", {"id": 7, "topic": "t"})
-    assert [s["id"] for s in registry.list_streams()] == ["stream-a"]
+    registry._store.put_json("streams/legacy.json", {"id": 7, "topic": "t"})  # no id of its own
+    listed = {s["id"]: s for s in registry.list_streams()}
+    assert sorted(listed) == ["legacy", "stream-a"]  # an id from the key; the probe is skipped
+    assert listed["legacy"]["topic"] == "t" and listed["stream-a"]["status"] == "open"

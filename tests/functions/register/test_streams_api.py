@@ -63,15 +63,18 @@ def test_a_stream_is_stopped_by_its_event_once(send_binary, client, registry, un
     assert missing.status_code == 422 and "stream_id" in missing.get_json()["problems"][0]
 
 
-def test_a_record_without_topic_or_cursor_is_listed_without_lag(client, registry, unique):
+def test_a_record_without_id_is_listed_under_its_key_and_a_foreign_object_left_out(
+    client, registry, unique
+):
     """Whatever else sits under streams/ (an older release's record, a hand-written one), the
-    listing still answers; such a record just has no lag."""
+    listing still answers: a record with a topic is listed under its key's name (even with a
+    cursor this release cannot read), and an object that is no stream record is left out."""
     registry.store.put_json(f"streams/odd-{unique}.json", {"n": 1})
     registry.store.put_json(
         f"streams/bad-cursor-{unique}.json", {"topic": f"t-{unique}", "cursor": ["not", "a", "map"]}
     )
     listed = client.get("/streams")
     assert listed.status_code == 200, listed.data[:300]
-    [odd] = [s for s in listed.get_json() if s.get("n") == 1]
-    assert odd["lag"] is None  # no topic: no lag, and the listing still answers
-    assert [s for s in listed.get_json() if s.get("topic") == f"t-{unique}"]
+    assert not [s for s in listed.get_json() if s.get("n") == 1]
+    [bad] = [s for s in listed.get_json() if s.get("topic") == f"t-{unique}"]
+    assert bad["id"] == f"bad-cursor-{unique}"
