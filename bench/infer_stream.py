@@ -53,6 +53,7 @@ from bench.infer_common import (
     serve,
     start_bridge,
 )
+from functions.infer.stream import FETCH_BYTES
 from kafkaml.kafka import end_offsets, ensure_topic
 from kafkaml.settings import Settings
 from kml.dev.inference import infer_env, stream_argv
@@ -195,6 +196,7 @@ def floor_loop(bootstrap: str, in_topic: str, out_topic: str, batch: int, header
             "group.id": f"floor-{in_topic}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "max.partition.fetch.bytes": FETCH_BYTES,  # as stream mode fetches
         }
     )
     producer = Producer(

@@ -43,6 +43,7 @@ from kafkaml.settings import Settings
 
 log = logging.getLogger("kml.infer.stream")
 MAX_BACKOFF_S = 30.0
+FETCH_BYTES = 8 * 1024 * 1024
 COMMIT_EVERY_S = 0.1
 """Acknowledged offsets are committed at most this often, and at once when the loop is idle,
 on revocation and on close: under light load batches are small, and each commit is a write
@@ -97,6 +98,9 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # until its session ends: keep that short, so a replacement resumes within seconds.
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 2_000,
+        # A full poll is a few MB: with librdkafka's 1 MB per partition and fetch, a backlog
+        # was drained at the pace of fetch round trips (8 MB: +15% records/s here).
+        "max.partition.fetch.bytes": FETCH_BYTES,
     }
 
 
