@@ -451,10 +451,18 @@ def where_the_time_goes(after: dict[str, dict], alone: dict, loaded: float) -> s
         f"p99 {_ms(kafka[TARGET_COLUMNS[1]])} and Kafka's acknowledgement alone p99 "
         f"{_ms(alone[TARGET_COLUMNS[1]])}; meanwhile a 1 ms sleep in a thread of the load "
         f"generator woke late by {STALLS.get(kafka['server'] + ' kafka', '-')} (during the "
-        f"produce alone: {STALLS.get('alone', '-')}). Machine load average (1 min) "
-        f"{loaded:.1f} at the "
-        f"start, {os.getloadavg()[0]:.1f} at the end: above {os.cpu_count()}, other work "
-        "shared the cores and the tails are mostly waiting for a CPU."
+        f"produce alone: {STALLS.get('alone', '-')}). {load_note(loaded)}"
+    )
+
+
+def load_note(loaded: float) -> str:
+    end, cores = os.getloadavg()[0], os.cpu_count() or 1
+    said = f"Machine load average (1 min) {loaded:.1f} at the start, {end:.1f} at the end"
+    if max(loaded, end) <= cores:
+        return said + "."
+    return (
+        f"{said}: above {cores}, other work shared the cores and the tails are mostly waiting "
+        "for a CPU."
     )
 
 
