@@ -319,10 +319,11 @@ def test_stream_mode_labels_each_batch_with_the_version_that_predicted_it():
     )
     try:
         worker.connect()
-        assert worker.step() == 2
+        assert worker.step() == 0  # produced; confirmed while the next batch is predicted
         pointers.promote(B, "run-b")
         assert svc.follow_once() == "swapped"
-        assert worker.step() == 1
+        assert worker.step() == 2
+        assert worker.step() == 1  # idle: the last batch confirmed
     finally:
         svc.close()
     assert [(k, h["kml-model-version"]) for k, h in producer.sent] == [
