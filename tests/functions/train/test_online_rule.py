@@ -10,24 +10,9 @@ import pytest
 
 from functions.train.windows import metric_key, should_promote, window_ranges
 from kafkaml.wire import InvalidControlMessage, OffsetRange, parse_control_message
+from tests.functions.train.online_control import online_control
 
-ONLINE = {
-    "topic": "live-digits",
-    "input_format": "RAW",
-    "description": "online",
-    "input_config": {
-        "data_type": "uint8",
-        "label_type": "uint8",
-        "data_reshape": "8 8",
-        "label_reshape": "1",
-    },
-    "validation_rate": 0.2,
-    "test_rate": 0,
-    "total_msg": None,
-    "unsupervised_topic": None,
-    "dataset_restrictions": {},
-    "incremental": True,
-}
+ONLINE = online_control("live-digits", description="online")
 
 
 @pytest.mark.parametrize(
