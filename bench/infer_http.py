@@ -117,9 +117,11 @@ def run(settings: Settings, total: int) -> Result:
     finally:
         served.stop()
     result.notes.append(
-        "one gunicorn worker (gthread, 16 threads) serves every level, so concurrency 32 queues "
-        "16 requests in the listen backlog; the clients are threads of the driver process on "
-        "the same cores, so they compete with the server for CPU."
+        "one infer worker process (the function's own command: the event-loop worker) serves "
+        "every level; the clients are requests sessions on threads of the driver process, on "
+        "the same cores, and at these rates they, not the server, set the pace (compare the "
+        "server's CPU per request with the wall time per request); bench.infer_events drives "
+        "the same server with a lean dispatcher-like load generator."
     )
     return result
 
