@@ -44,32 +44,13 @@ from kafkaml.kafka import ConfirmingProducer, ensure_topic
 from kafkaml.settings import Settings
 from kafkaml.wire import ControlMessage, OffsetRange, parse_control_message
 from kml.demo import digits, model_definition
-from kml.demo_online import DRIFT
+from kml.demo_online import DRIFT, control_message
 from storage.registry import Registry
 
 WINDOWS = 8
 PROMOTIONS = 4
 CLIENTS = 2
-INPUT_CONFIG = {"data_type": "uint8", "label_type": "uint8", "data_reshape": "8 8"}
-
-
-def online_message(topic: str, window: int) -> dict:
-    """Kafka-ML's online control message (bare topic, incremental) with a window size."""
-    return {
-        "topic": topic,
-        "input_format": "RAW",
-        "input_config": INPUT_CONFIG,
-        "validation_rate": 0.2,
-        "test_rate": 0,
-        "total_msg": None,
-        "incremental": True,
-        "indefinite": True,
-        "stream_timeout": -1,
-        "monitoring_metric": "val_accuracy",
-        "change": "up",
-        "improvement": 0.05,
-        "window_records": window,
-    }
+INPUT_CONFIG = control_message("")["input_config"]  # the windows' own, for the retrain
 
 
 @dataclass
@@ -98,7 +79,7 @@ class Bench:
             {"models": [name], "epochs": self.epochs, "batch_size": 32, "seed": 7,
              "learning_rate": 0.01}
         )["id"]  # fmt: skip
-        body = json.dumps(online_message(self.topic, self.window)).encode()
+        body = json.dumps(control_message(self.topic, self.window, validation_rate=0.2)).encode()
         msg = parse_control_message(body, None, deployment_id=self.deployment)
         self.sid = self.online.start(msg)["id"]
         return self.sid

@@ -47,7 +47,9 @@ DRIFT = np.array([3, 7, 0, 9, 5, 1, 8, 2, 6, 4], dtype=np.uint8)
 """The label mapping after the drift: a permutation moving every digit to another label."""
 
 
-def control_message(topic: str) -> dict[str, Any]:
+def control_message(
+    topic: str, window: int = WINDOW, validation_rate: float = 0.25
+) -> dict[str, Any]:
     """Kafka-ML's online control message as its ``OnlineRawSink`` writes it, plus the window."""
     return {
         "topic": topic,
@@ -59,7 +61,7 @@ def control_message(topic: str) -> dict[str, Any]:
             "data_reshape": "8 8",
             "label_reshape": "1",
         },
-        "validation_rate": 0.25,
+        "validation_rate": validation_rate,
         "test_rate": 0,
         "total_msg": None,
         "incremental": True,
@@ -68,7 +70,7 @@ def control_message(topic: str) -> dict[str, Any]:
         "monitoring_metric": "val_accuracy",
         "change": "up",
         "improvement": 0.05,
-        "window_records": WINDOW,
+        "window_records": window,
     }
 
 

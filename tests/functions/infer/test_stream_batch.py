@@ -187,17 +187,16 @@ class _Producer:
         return 0
 
 
-def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
+def _worker_over(batches: list, fail_first: bool) -> tuple[StreamWorker, _Consumer, dict]:
+    """A stream worker over fake consumer batches (partitions 0 and 1 of ``in`` assigned) and a
+    fake producer (``made["p"]``) whose first flush reports a failure when ``fail_first``."""
     from confluent_kafka import TopicPartition
 
-    model = LinearModel()
-    x = np.zeros((8, 8), dtype=np.float32).tobytes()
-    batch = [_Msg(0, 10, x), _Msg(1, 7, x), _Msg(0, 11, x)]
-    consumer = _Consumer([batch, [], batch, []])
-    made = {}
+    consumer = _Consumer(batches)
+    made: dict = {}
     s = settings()
     service = InferenceService(
-        s, InferMetrics(s.inference_id), loader=lambda _: Loaded(SPEC, model)
+        s, InferMetrics(s.inference_id), loader=lambda _: Loaded(SPEC, LinearModel())
     )
     service.start()
     assert service.wait_ready(5)
@@ -205,10 +204,17 @@ def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
         s,
         service,
         consumer_factory=lambda config: consumer,
-        producer_factory=lambda config: made.setdefault("p", _Producer(config, fail_first=True)),
+        producer_factory=lambda config: made.setdefault("p", _Producer(config, fail_first)),
     )
     worker.connect()
     consumer.on_assign(consumer, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    return worker, consumer, made
+
+
+def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
+    x = np.zeros((8, 8), dtype=np.float32).tobytes()
+    batch = [_Msg(0, 10, x), _Msg(1, 7, x), _Msg(0, 11, x)]
+    worker, consumer, made = _worker_over([batch, [], batch, []], fail_first=True)
     stop = threading.Event()
     stop.set()  # no backoff wait in the test
     assert worker.step(stop) == 0  # produced, in flight
@@ -221,26 +227,9 @@ def test_a_batch_whose_delivery_fails_is_rewound_not_committed_then_redone():
 
 
 def test_a_batch_is_produced_before_the_previous_one_is_confirmed_and_committed_after():
-    from confluent_kafka import TopicPartition
-
     x = np.zeros((8, 8), dtype=np.float32).tobytes()
     first, second = [_Msg(0, 10, x), _Msg(1, 7, x)], [_Msg(0, 11, x)]
-    consumer = _Consumer([first, second, []])
-    made = {}
-    s = settings()
-    service = InferenceService(
-        s, InferMetrics(s.inference_id), loader=lambda _: Loaded(SPEC, LinearModel())
-    )
-    service.start()
-    assert service.wait_ready(5)
-    worker = StreamWorker(
-        s,
-        service,
-        consumer_factory=lambda config: consumer,
-        producer_factory=lambda config: made.setdefault("p", _Producer(config, fail_first=False)),
-    )
-    worker.connect()
-    consumer.on_assign(consumer, [TopicPartition("in", 0), TopicPartition("in", 1)])
+    worker, consumer, made = _worker_over([first, second, []], fail_first=False)
     assert worker.step() == 0 and consumer.commits == []
     assert worker.step() == 2  # the first batch confirmed once the second was predicted
     assert [k for _, k in made["p"].sent] == [b"k10", b"k7", b"k11"]
