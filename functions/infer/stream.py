@@ -306,7 +306,7 @@ class StreamWorker:
             raw = m.headers()
             if raw:
                 headers[:0] = event_headers(raw)
-            key = m.key() or output_key(None, topic, partition, offset)
+            key = output_key(m.key(), topic, partition, offset)
             try:
                 produce(out_topic, value, key, headers=headers)
             except (BufferError, KafkaException):
